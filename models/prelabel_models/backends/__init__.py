@@ -1,0 +1,52 @@
+"""Inference backends, looked up by name. Each is imported only when asked for, so that choosing
+``onnx`` never imports torch."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from prelabel_models.package import ModelPackage
+
+_BACKENDS = {
+    "torch": "prelabel_models.backends.torch_backend:TorchBackend",
+    "onnx": "prelabel_models.backends.onnx_backend:OnnxBackend",
+}
+BACKEND_NAMES = ("auto", *_BACKENDS)
+
+
+class Backend(Protocol):
+    """Runs the network: normalised images (N, C, H, W) float32 → logits (N, classes, H, W) float32."""
+
+    name: str
+    device: str
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def gpu_visible() -> bool:
+    """Whether a CUDA device is visible, decided without importing torch."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return Path("/dev/nvidiactl").exists() and importlib.util.find_spec("torch") is not None
+
+
+def resolve_backend_name(name: str) -> str:
+    """``auto`` is torch on a GPU, ONNX Runtime on the CPU."""
+    if name == "auto":
+        return "torch" if gpu_visible() else "onnx"
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {list(BACKEND_NAMES)}")
+    return name
+
+
+def create_backend(name: str, package: ModelPackage, device: str | None = None, **options: object) -> Backend:
+    """Loads ``package`` on backend ``name`` (``auto``, ``torch`` or ``onnx``)."""
+    module_name, class_name = _BACKENDS[resolve_backend_name(name)].split(":")
+    backend_class = getattr(importlib.import_module(module_name), class_name)
+    return backend_class(package, device=device, **options)

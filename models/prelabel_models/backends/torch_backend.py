@@ -1,0 +1,34 @@
+"""PyTorch backend: CUDA when available (optionally fp16 autocast), CPU otherwise."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from prelabel_models.network import load_network
+from prelabel_models.package import ModelPackage, ModelPackageError
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, package: ModelPackage, device: str | None = None, fp16: bool = False, threads: int | None = None) -> None:
+        if not package.weights_path.is_file():
+            raise ModelPackageError(f"weights file {package.weights_path} is missing")
+        if device is None:
+            device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelPackageError(f"device {device!r} asked for, but torch sees no CUDA device")
+        if threads and not device.startswith("cuda"):
+            torch.set_num_threads(threads)
+        self.device = str(torch.device(device))
+        self.fp16 = fp16 and self.device.startswith("cuda")
+        network = load_network(package.card, package.weights_path)
+        self.network = network.to(self.device, memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        images = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+            logits = self.network(images)
+        return logits.float().cpu().numpy()

@@ -1,0 +1,67 @@
+"""Builds the PyTorch network a model card describes, and moves weights in and out of safetensors.
+
+Imports torch: only the torch backend, export and training use this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from prelabel_models.card import ModelCard
+
+
+class SegmentationNetwork(nn.Module):
+    """An smp model split into a deterministic trunk and a (possibly stochastic) head.
+
+    Keeping dropout just before the segmentation head lets MC-dropout sampling run the encoder and
+    decoder once and only the cheap head many times.
+    """
+
+    def __init__(self, card: ModelCard) -> None:
+        super().__init__()
+        self.smp_model = smp.create_model(
+            card.architecture,
+            encoder_name=card.encoder,
+            encoder_weights=None,
+            in_channels=card.in_channels,
+            classes=card.num_classes,
+        )
+        self.head_dropout = nn.Dropout(card.head_dropout) if card.head_dropout > 0 else nn.Identity()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Decoder output before the head: computed once per image."""
+        return self.smp_model.decoder(self.smp_model.encoder(images))
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.smp_model.segmentation_head(self.head_dropout(features))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def build_network(card: ModelCard) -> SegmentationNetwork:
+    """A randomly initialised network for ``card`` (never downloads encoder weights)."""
+    return SegmentationNetwork(card)
+
+
+def load_network(card: ModelCard, weights: Path) -> SegmentationNetwork:
+    network = build_network(card)
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    network.load_state_dict(state)
+    return network.eval()
+
+
+def save_weights(network: nn.Module, path: Path, half: bool = True) -> None:
+    """Writes weights as safetensors; fp16 halves the file with no measurable effect on masks."""
+    state = {}
+    for key, value in network.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        if half and value.is_floating_point():
+            value = value.half()
+        state[key] = value
+    save_file(state, str(path))

@@ -1,0 +1,1 @@
+"""`prelabel train`: trains or fine-tunes a model package on an image/label folder."""

@@ -1,0 +1,45 @@
+"""Training configuration, read from a TOML file: the model card template plus the recipe."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from prelabel_models.card import ModelCard
+
+
+class Recipe(BaseModel):
+    """How to train. Defaults are the ones the shipped CamVid model was trained with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(default=40, ge=1)
+    max_steps_per_epoch: int | None = Field(default=None, ge=1, description="Cap steps (quick runs, tests).")
+    batch_size: int = Field(default=8, ge=1)
+    crop: tuple[int, int] = Field(default=(288, 352), description="Training crop (height, width).")
+    scale_range: tuple[float, float] = (0.75, 1.5)
+    color_jitter: float = Field(default=0.3, ge=0)
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    class_weighting: Literal["none", "median_frequency", "sqrt_median_frequency"] = "median_frequency"
+    dice_weight: float = Field(default=0.5, ge=0)
+    seed: int = 0
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads on the CPU.")
+    val_batch_size: int = Field(default=4, ge=1)
+    max_val_images: int | None = Field(default=None, ge=1)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    card: ModelCard
+    recipe: Recipe = Recipe()
+
+    @classmethod
+    def load(cls, path: Path | str) -> "TrainConfig":
+        with open(path, "rb") as handle:
+            return cls.model_validate(tomllib.load(handle))

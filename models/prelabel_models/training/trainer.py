@@ -1,0 +1,224 @@
+"""The training loop: class-weighted cross-entropy plus Dice, AdamW with warm-up and cosine decay,
+per-epoch validation, a checkpoint every epoch, and the best epoch written as a model package."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassJaccardIndex
+from tqdm import tqdm
+
+from prelabel_models.card import ModelCard
+from prelabel_models.network import SegmentationNetwork, build_network, load_network, save_weights
+from prelabel_models.package import ModelPackage
+from prelabel_models.runtime import keep_freed_memory
+from prelabel_models.tiling import pad_to_multiple
+from prelabel_models.training.config import Recipe, TrainConfig
+from prelabel_models.training.data import (
+    SegmentationFolder,
+    class_frequencies,
+    paired_files,
+    split_folders,
+    training_augmentation,
+)
+
+CHECKPOINT = "checkpoint.pt"
+METRICS_LOG = "metrics.jsonl"
+
+
+@dataclass
+class TrainingRun:
+    """Where a run keeps its state: the checkpoint and metrics log live in ``run_dir``, the best
+    model package in ``out``."""
+
+    config: TrainConfig
+    data_root: Path
+    out: Path
+    run_dir: Path
+    init: Path | None = None
+    resume: bool = False
+
+
+def class_weights(frequencies: np.ndarray, mode: str) -> torch.Tensor:
+    if mode == "none":
+        return torch.ones(len(frequencies))
+    present = frequencies > 0
+    weights = np.ones_like(frequencies)
+    weights[present] = np.median(frequencies[present]) / frequencies[present]
+    if mode == "sqrt_median_frequency":
+        weights = np.sqrt(weights)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    total = recipe.epochs * steps_per_epoch
+    warmup = max(1, int(recipe.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class SegmentationLoss(nn.Module):
+    def __init__(self, weights: torch.Tensor, ignore_index: int, dice_weight: float) -> None:
+        super().__init__()
+        self.cross_entropy = nn.CrossEntropyLoss(weight=weights, ignore_index=ignore_index)
+        self.dice = smp.losses.DiceLoss(mode="multiclass", ignore_index=ignore_index)
+        self.dice_weight = dice_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = self.cross_entropy(logits, target)
+        if self.dice_weight > 0:
+            loss = loss + self.dice_weight * self.dice(logits, target)
+        return loss
+
+
+@torch.inference_mode()
+def validate(network: nn.Module, dataset: SegmentationFolder, card: ModelCard, device: torch.device, batch_size: int) -> dict:
+    """Full-resolution validation (padded like the server pads), mIoU and pixel accuracy."""
+    network.eval()
+    ignore = card.ignore_index if card.ignore_index is not None else -1
+    jaccard = MulticlassJaccardIndex(card.num_classes, average="none", ignore_index=ignore)
+    correct = total = 0
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        images = torch.stack([img for img, _ in items])
+        labels = torch.stack([lab for _, lab in items])
+        height, width = images.shape[-2:]
+        padded = torch.from_numpy(pad_to_multiple(images.permute(2, 3, 0, 1).numpy(), card.output_stride))
+        logits = network(padded.permute(2, 3, 0, 1).contiguous().to(device))[..., :height, :width].cpu()
+        predicted = logits.argmax(1)
+        jaccard.update(predicted, labels)
+        valid = labels != ignore
+        correct += int((predicted[valid] == labels[valid]).sum())
+        total += int(valid.sum())
+    per_class = jaccard.compute().tolist()
+    return {"miou": float(np.mean(per_class)), "pixel_accuracy": correct / max(total, 1), "iou": per_class}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _initial_network(run: TrainingRun) -> SegmentationNetwork:
+    if run.init is None:
+        return build_network(run.config.card)
+    base = ModelPackage.open(run.init)
+    if base.card.num_classes != run.config.card.num_classes:
+        raise ValueError(f"--init {run.init} has {base.card.num_classes} classes, config has {run.config.card.num_classes}")
+    return load_network(run.config.card, base.weights_path)
+
+
+def _write_package(network: nn.Module, card: ModelCard, out: Path, provenance: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(network, out / card.weights)
+    stale_onnx = out / card.onnx
+    stale_onnx.unlink(missing_ok=True)  # the weights changed: `prelabel export` must run again
+    card.model_copy(update={"provenance": provenance}).save(out)
+
+
+def train(run: TrainingRun) -> dict:
+    """Runs (or resumes) training; returns the best validation metrics."""
+    card, recipe = run.config.card, run.config.recipe
+    keep_freed_memory()
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    _seed_everything(recipe.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ignore = card.ignore_index if card.ignore_index is not None else -100
+
+    train_pairs = paired_files(split_folders(run.data_root, "train"))
+    val_pairs = paired_files(split_folders(run.data_root, "val"))[: recipe.max_val_images]
+    augment = training_augmentation(recipe.crop, recipe.scale_range, recipe.color_jitter, ignore)
+    train_set = SegmentationFolder(train_pairs, card, augment)
+    val_set = SegmentationFolder(val_pairs, card)
+    loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, drop_last=len(train_set) > recipe.batch_size)
+    steps_per_epoch = min(len(loader), recipe.max_steps_per_epoch or len(loader))
+
+    network = _initial_network(run).to(device)
+    weights = class_weights(class_frequencies(train_set.labels, card.num_classes), recipe.class_weighting)
+    criterion = SegmentationLoss(weights.to(device), ignore, recipe.dice_weight)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    scheduler = lr_schedule(optimizer, recipe, steps_per_epoch)
+
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    state = {"epoch": 0, "best": None, "seconds": 0.0}
+    checkpoint_path = run.run_dir / CHECKPOINT
+    if run.resume and checkpoint_path.is_file():
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        network.load_state_dict(checkpoint["network"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        state = checkpoint["state"]
+        torch.set_rng_state(checkpoint["torch_rng"])
+        np.random.set_state(checkpoint["numpy_rng"])
+        random.setstate(checkpoint["python_rng"])
+        print(f"resumed from {checkpoint_path} after epoch {state['epoch']}", file=sys.stderr)
+
+    command = "prelabel " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("prelabel") else shlex.join(sys.argv)
+    for epoch in range(state["epoch"] + 1, recipe.epochs + 1):
+        started = time.perf_counter()
+        network.train()
+        losses = []
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}", leave=False, mininterval=5)
+        for step, (images, labels) in enumerate(bar):
+            if step >= steps_per_epoch:
+                break
+            images, labels = images.to(device), labels.to(device)
+            loss = criterion(network(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        bar.close()
+        metrics = validate(network, val_set, card, device, recipe.val_batch_size)
+        state["seconds"] += time.perf_counter() - started
+        state["epoch"] = epoch
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_miou": metrics["miou"],
+                  "val_pixel_accuracy": metrics["pixel_accuracy"], "val_iou": metrics["iou"],
+                  "lr": scheduler.get_last_lr()[0], "seconds": state["seconds"]}
+        with open(run.run_dir / METRICS_LOG, "a") as log:
+            log.write(json.dumps(record) + "\n")
+        print(f"epoch {epoch}: loss {record['train_loss']:.4f}  val mIoU {metrics['miou']:.4f}  "
+              f"pixel acc {metrics['pixel_accuracy']:.4f}  ({state['seconds'] / 60:.1f} min)", file=sys.stderr, flush=True)
+        if state["best"] is None or metrics["miou"] > state["best"]["val_miou"]:
+            state["best"] = {k: record[k] for k in ("epoch", "val_miou", "val_pixel_accuracy", "val_iou")}
+            provenance = {"command": command, "hardware": _hardware(device), "recipe": recipe.model_dump(mode="json"),
+                          "best_epoch": epoch, "epochs_run": epoch, "training_seconds": round(state["seconds"], 1),
+                          "train_images": len(train_set), "val_images": len(val_set), "val": state["best"],
+                          "init": str(run.init) if run.init else None}
+            _write_package(network, card, run.out, provenance)
+        torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "state": state, "torch_rng": torch.get_rng_state(),
+                    "numpy_rng": np.random.get_state(), "python_rng": random.getstate()},
+                   run.run_dir / (CHECKPOINT + ".tmp"))
+        os.replace(run.run_dir / (CHECKPOINT + ".tmp"), checkpoint_path)
+    return state["best"]
