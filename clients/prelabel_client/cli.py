@@ -8,9 +8,14 @@ which extra to install when it is missing.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from prelabel_client.client import PreLabelClient
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "camvid"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -56,9 +61,125 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_train)
 
 
+
+@_needs("serve-onnx")
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from prelabel_server.grpc_api.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(_server_settings(args))
+    return 0
+
+
+def _server_settings(args: argparse.Namespace):
+    from prelabel_server.settings import ServerSettings
+
+    overrides = {name: getattr(args, name) for name in ("host", "port", "model_repository", "backend", "device", "default_model")
+                 if getattr(args, name, None) is not None}
+    return ServerSettings(**overrides)
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (PRELABEL_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (PRELABEL_PORT, default 50051; 0 = any free port)")
+    parser.add_argument("--model-repository", type=Path, help="folder of model packages (PRELABEL_MODEL_REPOSITORY)")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnx"], help="PRELABEL_BACKEND, default auto")
+    parser.add_argument("--device", help="device override, e.g. cpu or cuda:0 (PRELABEL_DEVICE)")
+    parser.add_argument("--default-model", help="model used when a request names none (PRELABEL_DEFAULT_MODEL)")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from prelabel_client.batch import predict_files
+
+    with PreLabelClient(args.server, timeout=args.timeout, token=args.token) as client:
+        report = predict_files(client, args.images, args.out, model=args.model, measure=args.measure)
+    print(report.describe())
+    return 0 if report.failed == 0 else 1
+
+
+def _models(args: argparse.Namespace) -> int:
+    with PreLabelClient(args.server, timeout=args.timeout, token=args.token) as client:
+        for info in client.models():
+            marker = "*" if info.is_default else " "
+            print(f"{marker} {info.name:<16} v{info.version:<6} {info.state:<8} {info.architecture}/{info.encoder} "
+                  f"on {info.backend or '-'} ({info.device or '-'}), {len(info.classes)} classes {info.error}")
+    return 0
+
+
+@_needs("server")
+def _export(args: argparse.Namespace) -> int:
+    from prelabel_models.export import export_and_check
+
+    report = export_and_check(args.package, args.check_images)
+    print(f"wrote {args.package / 'model.onnx'}")
+    print(report)
+    return 0 if report.passed else 1
+
+
+@_needs("serve-onnx")
+def _demo(args: argparse.Namespace) -> int:
+    from prelabel_client.batch import predict_files
+    from prelabel_server.grpc_api.server import start_server
+
+    settings = _server_settings(args).model_copy(update={"port": 0})
+    running = start_server(settings)
+    try:
+        print(f"serving {running.engine.registry.default_name!r} on {running.address}")
+        with PreLabelClient(running.address) as client:
+            info = client.model()
+            if info.state != "ready":
+                print(f"prelabel: default model {info.name!r} is {info.state}: {info.error}", file=sys.stderr)
+                return 1
+            print(f"model {info.name} v{info.version} ({info.architecture}/{info.encoder}) on {info.backend} ({info.device})")
+            report = predict_files(client, sorted(args.images.glob("*.png")), args.out)
+    finally:
+        running.stop(grace=1)
+    print(report.describe())
+    return 0 if report.failed == 0 else 1
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=os.environ.get("PRELABEL_SERVER", "127.0.0.1:50051"),
+                        help="host:port of the server (PRELABEL_SERVER, default 127.0.0.1:50051)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="deadline per call, seconds")
+    parser.add_argument("--token", default=os.environ.get("PRELABEL_TOKEN"), help="bearer token (PRELABEL_TOKEN)")
+
+
+def _add_commands(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="serve every model package of a model repository over gRPC")
+    _add_server_options(serve)
+    serve.set_defaults(handler=_serve)
+
+    predict = commands.add_parser("predict", help="pre-annotate images through a running server")
+    predict.add_argument("images", nargs="+", type=Path, help="image files")
+    predict.add_argument("--out", type=Path, required=True, help="folder for masks, overlays, heat maps, summaries")
+    predict.add_argument("--model", default="", help="model name (default: the server's default model)")
+    predict.add_argument("--measure", default="entropy", choices=["entropy", "margin", "least_confidence"])
+    _add_client_options(predict)
+    predict.set_defaults(handler=_predict)
+
+    models = commands.add_parser("models", help="list the server's models")
+    _add_client_options(models)
+    models.set_defaults(handler=_models)
+
+    export = commands.add_parser("export", help="write a package's ONNX file and check it against PyTorch")
+    export.add_argument("package", type=Path, help="model package folder")
+    export.add_argument("--check-images", type=Path, default=SAMPLES, help="real images to compare both backends on")
+    export.set_defaults(handler=_export)
+
+    demo = commands.add_parser("demo", help="serve the default model on a free port and pre-annotate the sample images")
+    demo.add_argument("--images", type=Path, default=SAMPLES, help="folder of PNG images")
+    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
+    _add_server_options(demo)
+    demo.set_defaults(handler=_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prelabel", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_commands(commands)
     _add_train(commands)
     return parser
 

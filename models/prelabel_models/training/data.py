@@ -12,9 +12,9 @@ import torch
 from torch.utils.data import Dataset
 
 from prelabel_models.card import ModelCard
+from prelabel_models.image_files import IMAGE_SUFFIXES, list_images, read_label, read_rgb
 from prelabel_models.preprocessing import normalize
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 @dataclass(frozen=True)
@@ -40,27 +40,13 @@ def split_folders(root: Path, split: str) -> SplitFolders:
 def paired_files(folders: SplitFolders) -> list[tuple[Path, Path]]:
     """(image, label) pairs matched by file stem; a missing label is an error, never skipped."""
     labels = {p.stem: p for p in folders.labels.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    images = sorted(p for p in folders.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = list_images(folders.images)
     missing = [p.name for p in images if p.stem not in labels]
     if missing:
         raise FileNotFoundError(f"{len(missing)} images in {folders.images} have no label, e.g. {missing[:3]}")
     if not images:
         raise FileNotFoundError(f"no images in {folders.images}")
     return [(p, labels[p.stem]) for p in images]
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot read image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_label(path: Path) -> np.ndarray:
-    label = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if label is None:
-        raise ValueError(f"cannot read label {path}")
-    return label
 
 
 def training_augmentation(crop: tuple[int, int], scale_range: tuple[float, float], jitter: float, ignore_index: int) -> A.Compose:

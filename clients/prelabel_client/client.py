@@ -1,0 +1,191 @@
+"""PreLabelClient: the Python client of prelabel's gRPC API."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Union
+
+import grpc
+import numpy as np
+
+from prelabel_client.results import (
+    FailedPrediction,
+    ModelInfo,
+    Prediction,
+    model_info_from_message,
+    prediction_from_response,
+)
+from prelabel_proto import SERVICE_NAME
+from prelabel_proto import prelabel_pb2 as pb
+from prelabel_proto import prelabel_pb2_grpc as pb_grpc
+from prelabel_proto.errors import InvalidInput, PrelabelError, error_for_code
+
+ImageInput = Union[str, Path, bytes, np.ndarray]
+
+_OUTPUT_ENUMS = {"mask": pb.OUTPUT_MASK, "uncertainty": pb.OUTPUT_UNCERTAINTY, "probabilities": pb.OUTPUT_PROBABILITIES}
+_MEASURE_ENUMS = {"entropy": pb.UNCERTAINTY_MEASURE_ENTROPY, "margin": pb.UNCERTAINTY_MEASURE_MARGIN,
+                  "least_confidence": pb.UNCERTAINTY_MEASURE_LEAST_CONFIDENCE}
+_FORMAT_ENUMS = {"png_uint8": pb.ARRAY_FORMAT_PNG_UINT8, "png_uint16": pb.ARRAY_FORMAT_PNG_UINT16,
+                 "raw_uint8": pb.ARRAY_FORMAT_RAW_UINT8, "raw_float16": pb.ARRAY_FORMAT_RAW_FLOAT16}
+
+
+def _retry_service_config(attempts: int) -> str:
+    """gRPC's own retry policy: only UNAVAILABLE is retried, with exponential back-off."""
+    policy = {"maxAttempts": attempts, "initialBackoff": "0.2s", "maxBackoff": "5s", "backoffMultiplier": 2,
+              "retryableStatusCodes": ["UNAVAILABLE"]}
+    return json.dumps({"methodConfig": [{"name": [{"service": SERVICE_NAME}], "retryPolicy": policy}]})
+
+
+def image_message(image: ImageInput) -> pb.Image:
+    """A path or bytes travel encoded; a numpy array (H, W) or (H, W, 1|3|4), uint8, RGB(A), travels raw."""
+    if isinstance(image, (str, Path)):
+        return pb.Image(encoded=Path(image).read_bytes())
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return pb.Image(encoded=bytes(image))
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise TypeError(f"numpy images must be uint8, got {image.dtype}")
+        pixels = image[:, :, None] if image.ndim == 2 else image
+        if pixels.ndim != 3:
+            raise ValueError(f"numpy images must be (H, W) or (H, W, C), got shape {image.shape}")
+        height, width, channels = pixels.shape
+        return pb.Image(raw=pb.RawImage(data=np.ascontiguousarray(pixels).tobytes(), height=height,
+                                        width=width, channels=channels))
+    raise TypeError(f"cannot send {type(image).__name__} as an image: use a path, bytes or a numpy array")
+
+
+class PreLabelClient:
+    """A connection to a prelabel server.
+
+    ``timeout`` is each call's deadline in seconds; calls failing with UNAVAILABLE are retried up to
+    ``retries`` times (and only those). ``root_certificates`` (PEM bytes) or ``tls=True`` switch to
+    TLS; ``token`` is sent as ``authorization: Bearer <token>``.
+    """
+
+    def __init__(self, target: str, *, timeout: float | None = 60.0, retries: int = 3, tls: bool = False,
+                 root_certificates: bytes | None = None, token: str | None = None,
+                 max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.enable_retries", 1), ("grpc.service_config", _retry_service_config(retries + 1))]
+        if tls or root_certificates:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._stub = pb_grpc.PrelabelServiceStub(self._channel)
+        self._timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def __enter__(self) -> "PreLabelClient":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    @property
+    def channel(self) -> grpc.Channel:
+        return self._channel
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    def request(self, image: ImageInput, *, model: str = "", model_version: str = "",
+                outputs: Iterable[str] = ("mask", "uncertainty"), measure: str = "entropy",
+                mask_format: str = "png_uint8", uncertainty_format: str = "png_uint8",
+                probabilities_format: str = "raw_float16", uncertainty_threshold: float | None = None) -> pb.PredictRequest:
+        """Builds the PredictRequest that ``predict`` sends (useful to send many alike)."""
+        message = pb.PredictRequest(
+            model=model, model_version=model_version, image=image_message(image),
+            outputs=[_OUTPUT_ENUMS[o] for o in outputs], uncertainty_measure=_MEASURE_ENUMS[measure],
+            mask_format=_FORMAT_ENUMS[mask_format], uncertainty_format=_FORMAT_ENUMS[uncertainty_format],
+            probabilities_format=_FORMAT_ENUMS[probabilities_format])
+        if uncertainty_threshold is not None:
+            message.uncertainty_threshold = uncertainty_threshold
+        return message
+
+    def predict(self, image: ImageInput, *, timeout: float | None = None, **options: object) -> Prediction:
+        """Pre-annotates one image. Options are those of ``request``."""
+        return prediction_from_response(self._call(self._stub.Predict, self.request(image, **options), timeout))
+
+    def predict_many(self, images: Iterable[ImageInput], *, window: int = 8, raise_on_error: bool = True,
+                     timeout: float | None = None, **options: object) -> Iterator[Prediction | FailedPrediction]:
+        """Streams ``images`` through PredictStream and yields results in input order.
+
+        At most ``window`` images are sent ahead of the results received, so memory stays bounded
+        however long ``images`` is. A failed image raises its error at its position, or with
+        ``raise_on_error=False`` yields a FailedPrediction there and goes on. ``timeout`` bounds the
+        whole stream.
+        """
+        sent_slots = threading.Semaphore(window)
+        finished = threading.Event()
+        unreadable: dict[int, PrelabelError] = {}
+
+        def requests() -> Iterator[pb.PredictStreamRequest]:
+            for index, image in enumerate(images):
+                while not sent_slots.acquire(timeout=0.2):
+                    if finished.is_set():
+                        return
+                try:
+                    message = self.request(image, **options)
+                except (OSError, TypeError, ValueError) as exc:  # reported at its position, never skipped
+                    unreadable[index] = InvalidInput(f"input {index} cannot be sent: {exc}")
+                    continue
+                yield pb.PredictStreamRequest(id=str(index), request=message)
+
+        call = self._stub.PredictStream(requests(), timeout=timeout or None, metadata=self._metadata)
+        received: dict[int, pb.PredictStreamResponse] = {}
+        next_index = 0
+
+        def ready_in_order() -> Iterator[Prediction | FailedPrediction]:
+            nonlocal next_index
+            while next_index in received or next_index in unreadable:
+                index, next_index = next_index, next_index + 1
+                sent_slots.release()
+                if index in unreadable:
+                    yield self._failure(unreadable.pop(index), raise_on_error)
+                else:
+                    yield self._stream_result(received.pop(index), raise_on_error)
+
+        try:
+            for response in call:
+                received[int(response.id)] = response
+                yield from ready_in_order()
+            yield from ready_in_order()
+        except grpc.RpcError as exc:
+            raise error_for_code(exc.code(), exc.details() or "") from exc
+        finally:
+            finished.set()
+            call.cancel()
+
+    @staticmethod
+    def _failure(error: PrelabelError, raise_on_error: bool) -> FailedPrediction:
+        if raise_on_error:
+            raise error
+        return FailedPrediction(error)
+
+    @staticmethod
+    def _stream_result(item: pb.PredictStreamResponse, raise_on_error: bool) -> Prediction | FailedPrediction:
+        if item.HasField("response"):
+            return prediction_from_response(item.response)
+        return PreLabelClient._failure(error_for_code(item.error.code, item.error.message), raise_on_error)
+
+    def models(self, timeout: float | None = None) -> list[ModelInfo]:
+        response = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return [model_info_from_message(m) for m in response.models]
+
+    def model(self, name: str = "", timeout: float | None = None) -> ModelInfo:
+        """One model's description; the default model when ``name`` is empty."""
+        return model_info_from_message(self._call(self._stub.GetModel, pb.GetModelRequest(name=name), timeout).model)
+
+    def _call(self, method, message, timeout: float | None):
+        try:
+            return method(message, timeout=timeout or self._timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise error_for_code(exc.code(), exc.details() or "") from exc

@@ -1,0 +1,129 @@
+"""What the client returns: numpy arrays and plain dataclasses decoded from the responses."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from prelabel_proto import prelabel_pb2 as pb
+from prelabel_proto.errors import PrelabelError
+
+_MEASURE_NAMES = {pb.UNCERTAINTY_MEASURE_ENTROPY: "entropy", pb.UNCERTAINTY_MEASURE_MARGIN: "margin",
+                  pb.UNCERTAINTY_MEASURE_LEAST_CONFIDENCE: "least_confidence"}
+
+
+@dataclass(frozen=True)
+class ClassShare:
+    class_id: int
+    name: str
+    pixel_fraction: float
+    mean_confidence: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    mean_uncertainty: float
+    uncertain_fraction: float
+    uncertainty_threshold: float
+    measure: str
+    classes: list[ClassShare]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's pre-annotation. ``mask`` and ``uncertainty`` have the image's height and width."""
+
+    mask: np.ndarray | None            # (H, W) uint8 class ids
+    uncertainty: np.ndarray | None     # (H, W) float32 in [0, 1]
+    probabilities: np.ndarray | None   # (C, H, W) float32
+    summary: Summary
+    model: str
+    model_version: str
+    backend: str
+    device: str
+    timings_ms: dict[str, float]
+    tiles: int
+    response: pb.PredictResponse
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class FailedPrediction:
+    """Stands in for an item of ``predict_many`` that failed, when asked not to raise."""
+
+    error: PrelabelError
+    ok: bool = False
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    state: str
+    backend: str
+    device: str
+    architecture: str
+    encoder: str
+    classes: list[tuple[int, str, tuple[int, int, int]]]
+    error: str
+    is_default: bool
+    message: pb.ModelInfo
+
+    @property
+    def palette(self) -> list[tuple[int, int, int]]:
+        return [colour for _, _, colour in self.classes]
+
+
+def decode_array(array: pb.EncodedArray) -> np.ndarray | None:
+    """An EncodedArray → numpy; unit-range formats come back as float32 in [0, 1]."""
+    if not array.data:
+        return None
+    shape = tuple(array.shape)
+    if array.format == pb.ARRAY_FORMAT_PNG_UINT8 and len(shape) == 2:
+        with Image.open(io.BytesIO(array.data)) as image:
+            values = np.asarray(image)  # palette PNGs keep their indices with Pillow
+        return values
+    if array.format == pb.ARRAY_FORMAT_PNG_UINT16:
+        return cv2.imdecode(np.frombuffer(array.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array.format == pb.ARRAY_FORMAT_RAW_UINT8:
+        return np.frombuffer(array.data, np.uint8).reshape(shape)
+    if array.format == pb.ARRAY_FORMAT_RAW_FLOAT16:
+        return np.frombuffer(array.data, "<f2").reshape(shape).astype(np.float32)
+    raise ValueError(f"unknown array format {array.format}")
+
+
+def _unit_map(array: pb.EncodedArray) -> np.ndarray | None:
+    values = decode_array(array)
+    if values is None:
+        return None
+    scale = {pb.ARRAY_FORMAT_PNG_UINT8: 255.0, pb.ARRAY_FORMAT_RAW_UINT8: 255.0, pb.ARRAY_FORMAT_PNG_UINT16: 65535.0}
+    return values.astype(np.float32) / scale[array.format] if array.format in scale else values
+
+
+def prediction_from_response(response: pb.PredictResponse) -> Prediction:
+    s = response.summary
+    summary = Summary(s.mean_uncertainty, s.uncertain_fraction, s.uncertainty_threshold,
+                      _MEASURE_NAMES.get(s.uncertainty_measure, "entropy"),
+                      [ClassShare(c.class_id, c.name, c.pixel_fraction, c.mean_confidence) for c in s.classes])
+    timings = response.timings
+    return Prediction(
+        mask=decode_array(response.mask) if response.HasField("mask") else None,
+        uncertainty=_unit_map(response.uncertainty) if response.HasField("uncertainty") else None,
+        probabilities=_unit_map(response.probabilities) if response.HasField("probabilities") else None,
+        summary=summary, model=response.model, model_version=response.model_version, backend=response.backend,
+        device=response.device, tiles=response.tiles, response=response,
+        timings_ms={"decode": timings.decode_ms, "inference": timings.inference_ms,
+                    "postprocess": timings.postprocess_ms, "total": timings.total_ms},
+    )
+
+
+def model_info_from_message(message: pb.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        name=message.name, version=message.version, state=pb.ModelState.Name(message.state).removeprefix("MODEL_STATE_").lower(),
+        backend=message.backend, device=message.device, architecture=message.architecture, encoder=message.encoder,
+        classes=[(c.id, c.name, tuple(c.color)) for c in message.classes], error=message.error,
+        is_default=message.is_default, message=message)

@@ -1,0 +1,81 @@
+"""``prelabel export``: writes a package's ONNX file and checks it against PyTorch on real images.
+
+The ONNX graph has dynamic batch, height and width axes, so the server can batch and tile with it.
+Parity tolerance (documented in README): the largest absolute logit difference must stay below
+``MAX_LOGIT_DIFF`` and at least ``MIN_MASK_AGREEMENT`` of pixels must get the same class.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prelabel_models.backends.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxBackend
+from prelabel_models.backends.torch_backend import TorchBackend
+from prelabel_models.image_files import list_images, read_rgb
+from prelabel_models.network import load_network
+from prelabel_models.package import ModelPackage
+from prelabel_models.predictor import Predictor
+
+OPSET = 17
+MAX_LOGIT_DIFF = 1e-2
+MIN_MASK_AGREEMENT = 0.999
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    images: int
+    max_logit_diff: float
+    mask_agreement: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_logit_diff <= MAX_LOGIT_DIFF and self.mask_agreement >= MIN_MASK_AGREEMENT
+
+    def __str__(self) -> str:
+        verdict = "OK" if self.passed else "FAILED"
+        return (f"ONNX vs PyTorch on {self.images} images: max |logit diff| {self.max_logit_diff:.2e} "
+                f"(limit {MAX_LOGIT_DIFF:.0e}), mask agreement {self.mask_agreement:.5%} "
+                f"(limit {MIN_MASK_AGREEMENT:.1%}): {verdict}")
+
+
+def export_onnx(package: ModelPackage, opset: int = OPSET) -> Path:
+    """Traces the network at a stride-aligned size and writes ``package.onnx_path``."""
+    card = package.card
+    network = load_network(card, package.weights_path)
+    side = card.output_stride * max(1, 256 // card.output_stride)
+    example = torch.zeros(1, card.in_channels, side, side)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(network, (example,), str(package.onnx_path), input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                          opset_version=opset, dynamo=False)
+    return package.onnx_path
+
+
+def check_parity(package: ModelPackage, images: list[Path]) -> ParityReport:
+    """Runs both backends through the same Predictor on ``images`` and compares them."""
+    torch_predictor = Predictor(package.card, TorchBackend(package, device="cpu"))
+    onnx_predictor = Predictor(package.card, OnnxBackend(package))
+    max_diff, agree, total = 0.0, 0, 0
+    for path in images:
+        image = read_rgb(path)
+        reference, candidate = torch_predictor.logits(image), onnx_predictor.logits(image)
+        max_diff = max(max_diff, float(np.abs(reference - candidate).max()))
+        agree += int((reference.argmax(0) == candidate.argmax(0)).sum())
+        total += reference[0].size
+    return ParityReport(len(images), max_diff, agree / max(total, 1))
+
+
+def export_and_check(package_dir: Path, check_dir: Path, max_images: int = 5) -> ParityReport:
+    package = ModelPackage.open(package_dir)
+    export_onnx(package)
+    images = list_images(check_dir)[:max_images]
+    if not images:
+        raise FileNotFoundError(f"no images in {check_dir} to check the export on")
+    return check_parity(package, images)

@@ -1,0 +1,92 @@
+"""The data plane: model lookup, decoding, inference, uncertainty, summaries and encoding.
+
+It imports no grpc, so the CLI and tests use it without a network; the gRPC servicer is a thin
+converter around it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from prelabel_models.postprocessing import segment_maps, summarize
+from prelabel_models.uncertainty import UNCERTAINTY_MEASURES
+from prelabel_proto.errors import InvalidInput
+from prelabel_server import encoding
+from prelabel_server.imaging import decode_image, raw_image
+from prelabel_server.registry import ModelRegistry, ServedModel
+from prelabel_server.settings import ServerSettings
+from prelabel_server.types import OUTPUTS, ModelStatus, SegmentRequest, SegmentResult, Timings
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000.0
+
+
+class Engine:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.registry = ModelRegistry(settings)
+
+    def load_models(self) -> None:
+        self.registry.load_all()
+
+    def segment(self, request: SegmentRequest) -> SegmentResult:
+        started = time.perf_counter()
+        self._validate(request)
+        served = self.registry.ready(request.model, request.model_version)
+        image = self._decode(request)
+        decoded = time.perf_counter()
+        logits = served.predictor.logits(image)
+        inferred = time.perf_counter()
+        result = self._postprocess(served, request, logits)
+        done = time.perf_counter()
+        timings = Timings(decode_ms=(decoded - started) * 1000, inference_ms=(inferred - decoded) * 1000,
+                          postprocess_ms=(done - inferred) * 1000, total_ms=_ms(started))
+        return SegmentResult(**result, timings=timings, tiles=served.predictor.count_tiles(*image.shape[:2]))
+
+    def _validate(self, request: SegmentRequest) -> None:
+        unknown = set(request.outputs) - set(OUTPUTS)
+        if unknown or not request.outputs:
+            raise InvalidInput(f"unknown outputs {sorted(unknown)}: choose from {list(OUTPUTS)}")
+        if request.measure not in UNCERTAINTY_MEASURES:
+            raise InvalidInput(f"unknown uncertainty measure {request.measure!r}: choose from {sorted(UNCERTAINTY_MEASURES)}")
+        if not 0.0 < request.uncertainty_threshold < 1.0:
+            raise InvalidInput(f"uncertainty_threshold must be in (0, 1), got {request.uncertainty_threshold}")
+        encoding.check_format("mask", request.mask_format)
+        encoding.check_format("uncertainty", request.uncertainty_format)
+        encoding.check_format("probabilities", request.probabilities_format)
+
+    def _decode(self, request: SegmentRequest) -> np.ndarray:
+        if isinstance(request.image, bytes):
+            return decode_image(request.image, self.settings.max_image_pixels)
+        return raw_image(request.image, self.settings.max_image_pixels)
+
+    def _postprocess(self, served: ServedModel, request: SegmentRequest, logits: np.ndarray) -> dict:
+        card = served.card
+        maps = segment_maps(logits, card.temperature, request.measure,
+                            keep_probabilities="probabilities" in request.outputs)
+        encoded = {}
+        if "mask" in request.outputs:
+            encoded["mask"] = encoding.encode("mask", request.mask_format, maps.mask, card.palette)
+        if "uncertainty" in request.outputs:
+            encoded["uncertainty"] = encoding.encode("uncertainty", request.uncertainty_format, maps.uncertainty)
+        if maps.probabilities is not None:
+            encoded["probabilities"] = encoding.encode("probabilities", request.probabilities_format, maps.probabilities)
+        return dict(model=served.name, version=card.version, backend=served.backend, device=served.device,
+                    height=int(maps.mask.shape[0]), width=int(maps.mask.shape[1]),
+                    summary=summarize(maps, card.num_classes, request.uncertainty_threshold),
+                    measure=request.measure, class_names=[c.name for c in card.classes], **encoded)
+
+    def models(self) -> list[ModelStatus]:
+        default = self.registry.default_name
+        return [self._status(m, default) for m in self.registry.all()]
+
+    def model(self, name: str) -> ModelStatus:
+        return self._status(self.registry.get(name), self.registry.default_name)
+
+    def _status(self, served: ServedModel, default: str) -> ModelStatus:
+        return ModelStatus(name=served.name, state=served.state, card=served.card, backend=served.backend,
+                           device=served.device, error=served.error, is_default=served.name == default,
+                           max_pixels=self.settings.max_image_pixels)

@@ -1,0 +1,1 @@
+"""The gRPC front of the engine: converters, servicer, error interceptor, server assembly."""

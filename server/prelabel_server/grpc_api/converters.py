@@ -1,0 +1,96 @@
+"""protobuf ⇄ engine types. The only module that knows both."""
+
+from __future__ import annotations
+
+from prelabel_proto import prelabel_pb2 as pb
+from prelabel_proto.errors import InvalidInput
+from prelabel_server.types import DEFAULT_OUTPUTS, EncodedArray, ModelStatus, RawPixels, SegmentRequest, SegmentResult
+
+_OUTPUTS = {pb.OUTPUT_MASK: "mask", pb.OUTPUT_UNCERTAINTY: "uncertainty", pb.OUTPUT_PROBABILITIES: "probabilities"}
+_MEASURES = {pb.UNCERTAINTY_MEASURE_UNSPECIFIED: "entropy", pb.UNCERTAINTY_MEASURE_ENTROPY: "entropy",
+             pb.UNCERTAINTY_MEASURE_MARGIN: "margin", pb.UNCERTAINTY_MEASURE_LEAST_CONFIDENCE: "least_confidence"}
+_MEASURE_ENUMS = {"entropy": pb.UNCERTAINTY_MEASURE_ENTROPY, "margin": pb.UNCERTAINTY_MEASURE_MARGIN,
+                  "least_confidence": pb.UNCERTAINTY_MEASURE_LEAST_CONFIDENCE}
+_FORMATS = {pb.ARRAY_FORMAT_PNG_UINT8: "png_uint8", pb.ARRAY_FORMAT_PNG_UINT16: "png_uint16",
+            pb.ARRAY_FORMAT_RAW_UINT8: "raw_uint8", pb.ARRAY_FORMAT_RAW_FLOAT16: "raw_float16"}
+_FORMAT_ENUMS = {name: value for value, name in _FORMATS.items()}
+_STATES = {"loading": pb.MODEL_STATE_LOADING, "ready": pb.MODEL_STATE_READY, "failed": pb.MODEL_STATE_FAILED}
+
+
+def _enum_value(table: dict[int, str], value: int, field: str, enum: str) -> str:
+    try:
+        return table[value]
+    except KeyError:
+        names = [pb.DESCRIPTOR.enum_types_by_name[enum].values_by_number[v].name for v in table if v]
+        raise InvalidInput(f"{field} = {value} is not a known {enum}: use one of {names}") from None
+
+
+def _format(value: int, default: str, field: str) -> str:
+    return default if value == pb.ARRAY_FORMAT_UNSPECIFIED else _enum_value(_FORMATS, value, field, "ArrayFormat")
+
+
+def _outputs(values: list[int]) -> frozenset[str]:
+    if not values:
+        return DEFAULT_OUTPUTS
+    return frozenset(_enum_value(_OUTPUTS, v, "outputs", "Output") for v in values)
+
+
+def _image(message: pb.PredictRequest) -> bytes | RawPixels:
+    source = message.image.WhichOneof("source")
+    if source == "raw":
+        raw = message.image.raw
+        return RawPixels(raw.data, raw.height, raw.width, raw.channels)
+    return message.image.encoded  # unset: empty bytes, refused by the decoder with its message
+
+
+def segment_request(message: pb.PredictRequest) -> SegmentRequest:
+    return SegmentRequest(
+        image=_image(message),
+        model=message.model,
+        model_version=message.model_version,
+        outputs=_outputs(list(message.outputs)),
+        measure=_enum_value(_MEASURES, message.uncertainty_measure, "uncertainty_measure", "UncertaintyMeasure"),
+        mask_format=_format(message.mask_format, "png_uint8", "mask_format"),
+        uncertainty_format=_format(message.uncertainty_format, "png_uint8", "uncertainty_format"),
+        probabilities_format=_format(message.probabilities_format, "raw_float16", "probabilities_format"),
+        uncertainty_threshold=message.uncertainty_threshold if message.HasField("uncertainty_threshold") else 0.5,
+    )
+
+
+def _array(array: EncodedArray | None) -> pb.EncodedArray | None:
+    if array is None:
+        return None
+    return pb.EncodedArray(data=array.data, format=_FORMAT_ENUMS[array.format], shape=list(array.shape))
+
+
+def predict_response(result: SegmentResult) -> pb.PredictResponse:
+    summary = result.summary
+    return pb.PredictResponse(
+        model=result.model, model_version=result.version, backend=result.backend, device=result.device,
+        height=result.height, width=result.width, tiles=result.tiles,
+        mask=_array(result.mask), uncertainty=_array(result.uncertainty), probabilities=_array(result.probabilities),
+        summary=pb.Summary(
+            mean_uncertainty=summary.mean_uncertainty, uncertain_fraction=summary.uncertain_fraction,
+            uncertainty_threshold=summary.uncertainty_threshold, uncertainty_measure=_MEASURE_ENUMS[result.measure],
+            classes=[pb.ClassSummary(class_id=c.class_id, name=result.class_names[c.class_id],
+                                     pixel_fraction=c.pixel_fraction, mean_confidence=c.mean_confidence)
+                     for c in summary.classes]),
+        timings=pb.Timings(decode_ms=result.timings.decode_ms, inference_ms=result.timings.inference_ms,
+                           postprocess_ms=result.timings.postprocess_ms, total_ms=result.timings.total_ms),
+    )
+
+
+def model_info(status: ModelStatus) -> pb.ModelInfo:
+    info = pb.ModelInfo(name=status.name, state=_STATES[status.state], backend=status.backend, device=status.device,
+                        error=status.error, is_default=status.is_default, ignore_index=-1)
+    card = status.card
+    if card is not None:
+        info.version, info.description = card.version, card.description
+        info.architecture, info.encoder, info.temperature = card.architecture, card.encoder, card.temperature
+        info.ignore_index = card.ignore_index if card.ignore_index is not None else -1
+        info.classes.extend(pb.ClassInfo(id=c.id, name=c.name, color=list(c.color)) for c in card.classes)
+        info.input.CopyFrom(pb.InputSpec(
+            channels=card.in_channels, size_multiple=card.output_stride, tile_size=card.tile_size,
+            tile_overlap=card.tile_overlap, mean=list(card.normalization.mean), std=list(card.normalization.std),
+            max_pixels=status.max_pixels))
+    return info

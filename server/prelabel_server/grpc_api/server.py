@@ -1,0 +1,103 @@
+"""Assembles and runs the gRPC server: PrelabelService, health (overall and per model), reflection."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from prelabel_proto import SERVICE_NAME
+from prelabel_proto import prelabel_pb2_grpc as pb_grpc
+from prelabel_server.engine import Engine
+from prelabel_server.grpc_api.interceptors import ErrorInterceptor, TokenInterceptor
+from prelabel_server.grpc_api.servicer import PrelabelServicer
+from prelabel_server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+def model_health_name(model: str) -> str:
+    """Health-check service name of one model, e.g. ``models/camvid``."""
+    return f"models/{model}"
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    engine: Engine
+    health: health.HealthServicer
+    stream_executor: ThreadPoolExecutor
+
+    @property
+    def address(self) -> str:
+        host = self.engine.settings.host
+        return f"{'127.0.0.1' if host in ('0.0.0.0', '::', '[::]') else host}:{self.port}"
+
+    def stop(self, grace: float | None = None) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(self.engine.settings.grace_seconds if grace is None else grace).wait()
+        self.stream_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _update_health(running_health: health.HealthServicer, engine: Engine) -> None:
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    models = engine.models()
+    for status in models:
+        running_health.set(model_health_name(status.name), serving if status.state == "ready" else not_serving)
+    overall = serving if any(s.state == "ready" and s.is_default for s in models) else not_serving
+    running_health.set("", overall)
+    running_health.set(SERVICE_NAME, overall)
+
+
+def _bind(server: grpc.Server, settings: ServerSettings) -> int:
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_certificate and settings.tls_private_key:
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls_private_key.read_bytes(), settings.tls_certificate.read_bytes())])
+        return server.add_secure_port(address, credentials)
+    return server.add_insecure_port(address)
+
+
+def start_server(settings: ServerSettings) -> RunningServer:
+    """Loads the model repository, then starts serving; returns once the port is bound."""
+    engine = Engine(settings)
+    engine.load_models()
+    interceptors = [TokenInterceptor(settings.auth_token)] if settings.auth_token else []
+    interceptors.append(ErrorInterceptor())
+    limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
+              ("grpc.max_send_message_length", settings.max_message_bytes)]
+    server = grpc.server(ThreadPoolExecutor(settings.workers, thread_name_prefix="rpc"),
+                         interceptors=interceptors, options=limits)
+    stream_executor = ThreadPoolExecutor(settings.stream_workers, thread_name_prefix="stream-item")
+    pb_grpc.add_PrelabelServiceServicer_to_server(
+        PrelabelServicer(engine, stream_executor, settings.max_in_flight_per_stream), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    port = _bind(server, settings)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+    server.start()
+    _update_health(health_servicer, engine)
+    return RunningServer(server, port, engine, health_servicer, stream_executor)
+
+
+def serve(settings: ServerSettings) -> None:
+    """Runs until SIGINT or SIGTERM, then drains calls in flight for ``grace_seconds``."""
+    running = start_server(settings)
+    for status in running.engine.models():
+        log.info("model %-20s %-7s %s %s %s", status.name, status.state, status.backend, status.device, status.error)
+    print(f"prelabel serving on {running.address} (default model: {running.engine.registry.default_name or 'none'})", flush=True)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    running.stop()

@@ -1,0 +1,95 @@
+"""Turns request bytes into an RGB uint8 array, refusing what is corrupt, truncated or too large.
+
+The header is read first (Pillow, lazily) so that a file claiming 100000x100000 pixels is refused
+before a single pixel is decoded; the pixels are then decoded with OpenCV.
+"""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from prelabel_proto.errors import InvalidInput, ResourceExhausted
+from prelabel_server.types import RawPixels
+
+# The pixel limit below is ours and stricter; Pillow's own guard would only get in its way.
+Image.MAX_IMAGE_PIXELS = None
+
+SUPPORTED_FORMATS = {"PNG", "JPEG", "TIFF", "BMP", "WEBP"}
+_JPEG_END = b"\xff\xd9"
+
+
+def _check_pixels(height: int, width: int, max_pixels: int) -> None:
+    if height <= 0 or width <= 0:
+        raise InvalidInput(f"image is {width}x{height} pixels: it must have at least one pixel")
+    if height * width > max_pixels:
+        raise ResourceExhausted(
+            f"image is {width}x{height} = {height * width} pixels, over the server's limit of {max_pixels} "
+            "pixels (setting PRELABEL_MAX_IMAGE_PIXELS): send a smaller image or raise the limit")
+
+
+def _probe(data: bytes) -> tuple[str, int, int]:
+    """(format, width, height) from the header, and a full structural check (PNG CRCs, truncation)."""
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            format_, (width, height) = header.format, header.size
+        if format_ == "PNG":
+            with Image.open(io.BytesIO(data)) as png:
+                png.verify()
+    except UnidentifiedImageError:
+        raise InvalidInput(f"image bytes ({len(data)} bytes) are not a readable image: "
+                           f"send PNG, JPEG, TIFF, BMP or WebP") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(f"image is corrupt or truncated ({exc}): re-encode it") from None
+    return format_ or "", width, height
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Encoded bytes → (H, W, 3) uint8 RGB. Grey is replicated, alpha dropped, 16-bit scaled to 8."""
+    if not data:
+        raise InvalidInput("image is empty: set image.encoded to the file's bytes or image.raw to pixels")
+    format_, width, height = _probe(data)
+    if format_ not in SUPPORTED_FORMATS:
+        raise InvalidInput(f"image format {format_} is not supported: send one of {sorted(SUPPORTED_FORMATS)}")
+    _check_pixels(height, width, max_pixels)
+    if format_ == "JPEG" and not data.rstrip(b"\x00").endswith(_JPEG_END):
+        raise InvalidInput("JPEG is truncated (no end-of-image marker): send the whole file")
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.shape[:2] != (height, width):
+        raise InvalidInput(f"{format_} image could not be decoded: it is corrupt or truncated")
+    return _to_rgb8(_to_uint8(pixels), bgr=True)
+
+
+def raw_image(raw: RawPixels, max_pixels: int) -> np.ndarray:
+    """A raw uint8 array with its declared shape → (H, W, 3) uint8 RGB."""
+    if raw.channels not in (1, 3, 4):
+        raise InvalidInput(f"raw image has {raw.channels} channels: use 1 (grey), 3 (RGB) or 4 (RGBA)")
+    _check_pixels(raw.height, raw.width, max_pixels)
+    expected = raw.height * raw.width * raw.channels
+    if len(raw.data) != expected:
+        raise InvalidInput(f"raw image data is {len(raw.data)} bytes but height x width x channels = "
+                           f"{raw.height}x{raw.width}x{raw.channels} needs {expected} bytes (uint8, row-major)")
+    pixels = np.frombuffer(raw.data, np.uint8).reshape(raw.height, raw.width, raw.channels)
+    return _to_rgb8(pixels, bgr=False)
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype == np.uint16:
+        return cv2.convertScaleAbs(pixels, alpha=255.0 / 65535.0)
+    raise InvalidInput(f"pixel type {pixels.dtype} is not supported: send 8- or 16-bit integer images")
+
+
+def _to_rgb8(pixels: np.ndarray, bgr: bool) -> np.ndarray:
+    if pixels.ndim == 2 or pixels.shape[2] in (1, 2):  # grey, or grey + alpha
+        grey = pixels if pixels.ndim == 2 else pixels[:, :, 0]
+        return cv2.cvtColor(np.ascontiguousarray(grey), cv2.COLOR_GRAY2RGB)
+    if pixels.shape[2] == 4:
+        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
+    if pixels.shape[2] == 3:
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB) if bgr else np.ascontiguousarray(pixels)
+    raise InvalidInput(f"image has {pixels.shape[2]} channels: send grey, RGB or RGBA")

@@ -1,0 +1,110 @@
+"""Loads every model package of the model repository; a package that fails is kept with its error
+and never takes the others down."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from prelabel_models import ModelCard, ModelPackage, find_packages
+from prelabel_models.backends import create_backend
+from prelabel_models.predictor import Predictor
+from prelabel_proto.errors import ModelNotFound, ModelUnavailable
+from prelabel_server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    """A model package and, once loaded, the predictor that serves it."""
+
+    name: str
+    folder: Path
+    state: str = "loading"
+    card: ModelCard | None = None
+    predictor: Predictor | None = None
+    error: str = ""
+
+    @property
+    def backend(self) -> str:
+        return self.predictor.backend.name if self.predictor else ""
+
+    @property
+    def device(self) -> str:
+        return self.predictor.backend.device if self.predictor else ""
+
+
+class ModelRegistry:
+    def __init__(self, settings: ServerSettings) -> None:
+        self._settings = settings
+        self._models: dict[str, ServedModel] = {}
+        self._lock = threading.Lock()
+
+    def load_all(self) -> None:
+        for folder in find_packages(self._settings.model_repository):
+            served = self._load(folder)
+            with self._lock:
+                if served.name in self._models:
+                    served = ServedModel(served.name, folder, "failed", served.card,
+                                         error=f"duplicate model name {served.name!r} (also in {self._models[served.name].folder})")
+                    self._models[f"{served.name}@{folder.name}"] = served
+                else:
+                    self._models[served.name] = served
+
+    def _load(self, folder: Path) -> ServedModel:
+        served = ServedModel(name=folder.name, folder=folder)
+        try:
+            package = ModelPackage.open(folder)
+            served.name, served.card = package.card.name, package.card
+            backend = create_backend(self._settings.backend, package, device=self._settings.device or None,
+                                     **self._backend_options())
+            served.predictor = Predictor(package.card, backend, tile_batch=self._settings.tile_batch)
+            served.state = "ready"
+            log.info("model %s %s ready on %s (%s)", served.name, package.card.version, backend.name, backend.device)
+        except Exception as exc:  # any failure is reported per model, not raised
+            served.state, served.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.error("model package %s failed to load: %s", folder, served.error)
+        return served
+
+    def _backend_options(self) -> dict[str, object]:
+        options: dict[str, object] = {}
+        if self._settings.inference_threads:
+            options["threads"] = self._settings.inference_threads
+        if self._settings.fp16:
+            options["fp16"] = True
+        return options
+
+    def all(self) -> list[ServedModel]:
+        with self._lock:
+            return sorted(self._models.values(), key=lambda m: m.name)
+
+    @property
+    def default_name(self) -> str:
+        if self._settings.default_model:
+            return self._settings.default_model
+        ready = [m.name for m in self.all() if m.state == "ready"]
+        return ready[0] if ready else ""
+
+    def get(self, name: str) -> ServedModel:
+        """The named (or default) model, whatever its state."""
+        name = name or self.default_name
+        with self._lock:
+            served = self._models.get(name)
+            known = sorted(self._models)
+        if served is None:
+            if not name:
+                raise ModelUnavailable("no model is ready to serve as default: see ListModels for load errors")
+            raise ModelNotFound(f"no model named {name!r}; available: {known}")
+        return served
+
+    def ready(self, name: str, version: str = "") -> ServedModel:
+        """The named (or default) model if it can serve now."""
+        served = self.get(name)
+        if served.state != "ready" or served.predictor is None or served.card is None:
+            raise ModelUnavailable(f"model {served.name!r} is not ready ({served.state}): {served.error or 'still loading'}")
+        if version and version != served.card.version:
+            raise ModelNotFound(f"model {served.name!r} has no version {version!r}; serving version {served.card.version!r}")
+        return served

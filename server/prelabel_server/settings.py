@@ -1,0 +1,41 @@
+"""Server-wide settings, read from ``PRELABEL_*`` environment variables; CLI flags override them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_model_repository() -> Path:
+    """The project's own ``models/`` folder (the one holding the default model package)."""
+    import prelabel_models
+
+    return Path(prelabel_models.__file__).resolve().parents[1]
+
+
+class ServerSettings(BaseSettings):
+    """Every field can be set as ``PRELABEL_<FIELD>`` (e.g. ``PRELABEL_PORT=50052``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PRELABEL_", extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on; 0.0.0.0 for all interfaces.")
+    port: int = Field(default=50051, ge=0, le=65535, description="TCP port; 0 picks a free one.")
+    model_repository: Path = Field(default_factory=default_model_repository,
+                                   description="Folder whose sub-folders are model packages.")
+    default_model: str = Field(default="", description="Model used when a request names none; empty: the first ready model by name.")
+    backend: str = Field(default="auto", description="auto (torch on a GPU, onnx on the CPU), torch or onnx.")
+    device: str = Field(default="", description="Device override, e.g. cpu, cuda:0; empty: the backend's choice.")
+    fp16: bool = Field(default=False, description="fp16 autocast for the torch backend on CUDA.")
+    inference_threads: int = Field(default=0, ge=0, description="Intra-op threads per model; 0: the runtime's default.")
+    workers: int = Field(default=8, ge=1, description="Threads serving RPCs.")
+    stream_workers: int = Field(default=2, ge=1, description="Threads processing streamed items (shared by all streams).")
+    max_in_flight_per_stream: int = Field(default=8, ge=1, description="Requests read ahead of sent responses, per stream.")
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request or response message.")
+    max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest image, height x width (also the decompression-bomb guard).")
+    tile_batch: int = Field(default=4, ge=1, description="Tiles of a large image run through the network together.")
+    auth_token: str = Field(default="", description="If set, every call must send 'authorization: Bearer <token>'.")
+    tls_certificate: Path | None = Field(default=None, description="PEM certificate chain: serve TLS instead of plaintext.")
+    tls_private_key: Path | None = Field(default=None, description="PEM private key for tls_certificate.")
+    grace_seconds: float = Field(default=5.0, ge=0, description="On shutdown, time given to calls in flight.")

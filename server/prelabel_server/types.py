@@ -1,0 +1,81 @@
+"""Typed requests and results of the engine; protobuf stops at the gRPC converters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prelabel_models.card import ModelCard
+from prelabel_models.postprocessing import MapSummary
+
+OUTPUTS = ("mask", "uncertainty", "probabilities")
+DEFAULT_OUTPUTS = frozenset({"mask", "uncertainty"})
+
+
+@dataclass(frozen=True)
+class RawPixels:
+    """An uncompressed uint8 image, row-major height x width x channels."""
+
+    data: bytes
+    height: int
+    width: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    image: bytes | RawPixels
+    model: str = ""
+    model_version: str = ""
+    outputs: frozenset[str] = DEFAULT_OUTPUTS
+    measure: str = "entropy"
+    mask_format: str = "png_uint8"
+    uncertainty_format: str = "png_uint8"
+    probabilities_format: str = "raw_float16"
+    uncertainty_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class EncodedArray:
+    data: bytes
+    format: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Timings:
+    decode_ms: float
+    inference_ms: float
+    postprocess_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    model: str
+    version: str
+    backend: str
+    device: str
+    height: int
+    width: int
+    summary: MapSummary
+    measure: str
+    class_names: list[str]
+    timings: Timings
+    tiles: int
+    mask: EncodedArray | None = None
+    uncertainty: EncodedArray | None = None
+    probabilities: EncodedArray | None = None
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """What the server knows of one model package, ready or not."""
+
+    name: str
+    state: str                  # "loading" | "ready" | "failed"
+    card: ModelCard | None = None  # None when the card itself could not be read
+    backend: str = ""
+    device: str = ""
+    error: str = ""
+    is_default: bool = False
+    max_pixels: int = 0
