@@ -14,6 +14,7 @@ from prelabel_models.postprocessing import segment_maps, summarize
 from prelabel_models.uncertainty import UNCERTAINTY_MEASURES
 from prelabel_proto.errors import InvalidInput
 from prelabel_server import encoding
+from prelabel_server.batching import BatchedLogits, CallerGone
 from prelabel_server.imaging import decode_image, raw_image
 from prelabel_server.registry import ModelRegistry, ServedModel
 from prelabel_server.settings import ServerSettings
@@ -32,19 +33,30 @@ class Engine:
     def load_models(self) -> None:
         self.registry.load_all()
 
-    def segment(self, request: SegmentRequest) -> SegmentResult:
+    def close(self) -> None:
+        self.registry.close()
+
+    def segment(self, request: SegmentRequest, caller_gone: CallerGone = lambda: False) -> SegmentResult:
+        """Runs one request. ``caller_gone`` lets the batcher drop it if its caller has left."""
         started = time.perf_counter()
         self._validate(request)
         served = self.registry.ready(request.model, request.model_version)
         image = self._decode(request)
         decoded = time.perf_counter()
-        logits = served.predictor.logits(image)
+        inference = self._infer(served, image, caller_gone)
         inferred = time.perf_counter()
-        result = self._postprocess(served, request, logits)
+        result = self._postprocess(served, request, inference.logits)
         done = time.perf_counter()
         timings = Timings(decode_ms=(decoded - started) * 1000, inference_ms=(inferred - decoded) * 1000,
-                          postprocess_ms=(done - inferred) * 1000, total_ms=_ms(started))
-        return SegmentResult(**result, timings=timings, tiles=served.predictor.count_tiles(*image.shape[:2]))
+                          postprocess_ms=(done - inferred) * 1000, total_ms=_ms(started), queue_ms=inference.queue_ms)
+        return SegmentResult(**result, timings=timings, tiles=served.predictor.count_tiles(*image.shape[:2]),
+                             batch_size=inference.batch_size)
+
+    @staticmethod
+    def _infer(served: ServedModel, image: np.ndarray, caller_gone: CallerGone) -> BatchedLogits:
+        if served.batcher is None:
+            return BatchedLogits(served.predictor.logits(image), batch_size=1, queue_ms=0.0)
+        return served.batcher.submit(image, caller_gone).result()
 
     def _validate(self, request: SegmentRequest) -> None:
         unknown = set(request.outputs) - set(OUTPUTS)

@@ -12,6 +12,7 @@ from prelabel_models import ModelCard, ModelPackage, find_packages
 from prelabel_models.backends import create_backend
 from prelabel_models.predictor import Predictor
 from prelabel_proto.errors import ModelNotFound, ModelUnavailable
+from prelabel_server.batching import DynamicBatcher
 from prelabel_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class ServedModel:
     state: str = "loading"
     card: ModelCard | None = None
     predictor: Predictor | None = None
+    batcher: DynamicBatcher | None = None
     error: str = ""
 
     @property
@@ -62,6 +64,9 @@ class ModelRegistry:
             backend = create_backend(self._settings.backend, package, device=self._settings.device or None,
                                      **self._backend_options())
             served.predictor = Predictor(package.card, backend, tile_batch=self._settings.tile_batch)
+            if self._settings.batching:
+                served.batcher = DynamicBatcher(served.name, served.predictor, package.card.max_batch_size,
+                                                package.card.max_queue_delay_ms, self._settings.max_queue_size)
             served.state = "ready"
             log.info("model %s %s ready on %s (%s)", served.name, package.card.version, backend.name, backend.device)
         except Exception as exc:  # any failure is reported per model, not raised
@@ -76,6 +81,11 @@ class ModelRegistry:
         if self._settings.fp16:
             options["fp16"] = True
         return options
+
+    def close(self) -> None:
+        for served in self.all():
+            if served.batcher is not None:
+                served.batcher.stop()
 
     def all(self) -> list[ServedModel]:
         with self._lock:

@@ -34,6 +34,8 @@ class ServerSettings(BaseSettings):
     max_in_flight_per_stream: int = Field(default=8, ge=1, description="Requests read ahead of sent responses, per stream.")
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request or response message.")
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest image, height x width (also the decompression-bomb guard).")
+    batching: bool = Field(default=True, description="Dynamic batching per model; off runs each request on its own thread at once.")
+    max_queue_size: int = Field(default=64, ge=1, description="Requests queued per model before new ones get RESOURCE_EXHAUSTED.")
     tile_batch: int = Field(default=4, ge=1, description="Tiles of a large image run through the network together.")
     auth_token: str = Field(default="", description="If set, every call must send 'authorization: Bearer <token>'.")
     tls_certificate: Path | None = Field(default=None, description="PEM certificate chain: serve TLS instead of plaintext.")

@@ -47,6 +47,7 @@ class Timings:
     inference_ms: float
     postprocess_ms: float
     total_ms: float
+    queue_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class SegmentResult:
     class_names: list[str]
     timings: Timings
     tiles: int
+    batch_size: int = 1
     mask: EncodedArray | None = None
     uncertainty: EncodedArray | None = None
     probabilities: EncodedArray | None = None

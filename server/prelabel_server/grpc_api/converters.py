@@ -67,7 +67,7 @@ def predict_response(result: SegmentResult) -> pb.PredictResponse:
     summary = result.summary
     return pb.PredictResponse(
         model=result.model, model_version=result.version, backend=result.backend, device=result.device,
-        height=result.height, width=result.width, tiles=result.tiles,
+        height=result.height, width=result.width, tiles=result.tiles, batch_size=result.batch_size,
         mask=_array(result.mask), uncertainty=_array(result.uncertainty), probabilities=_array(result.probabilities),
         summary=pb.Summary(
             mean_uncertainty=summary.mean_uncertainty, uncertain_fraction=summary.uncertain_fraction,
@@ -76,7 +76,8 @@ def predict_response(result: SegmentResult) -> pb.PredictResponse:
                                      pixel_fraction=c.pixel_fraction, mean_confidence=c.mean_confidence)
                      for c in summary.classes]),
         timings=pb.Timings(decode_ms=result.timings.decode_ms, inference_ms=result.timings.inference_ms,
-                           postprocess_ms=result.timings.postprocess_ms, total_ms=result.timings.total_ms),
+                           postprocess_ms=result.timings.postprocess_ms, total_ms=result.timings.total_ms,
+                           queue_ms=result.timings.queue_ms),
     )
 
 

@@ -44,6 +44,7 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(self.engine.settings.grace_seconds if grace is None else grace).wait()
         self.stream_executor.shutdown(wait=False, cancel_futures=True)
+        self.engine.close()
 
 
 def _update_health(running_health: health.HealthServicer, engine: Engine) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 
 import grpc
@@ -18,6 +18,11 @@ from prelabel_server.grpc_api.streaming import process_stream
 log = logging.getLogger(__name__)
 
 
+def caller_gone(context: grpc.ServicerContext) -> Callable[[], bool]:
+    """True once the client cancelled or its deadline passed."""
+    return lambda: not context.is_active() or (context.time_remaining() or 1.0) <= 0
+
+
 class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
     def __init__(self, engine: Engine, stream_executor: Executor, max_in_flight: int) -> None:
         self._engine = engine
@@ -25,11 +30,14 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
         self._max_in_flight = max_in_flight
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
-        return converters.predict_response(self._engine.segment(converters.segment_request(request)))
+        return converters.predict_response(
+            self._engine.segment(converters.segment_request(request), caller_gone(context)))
 
     def PredictStream(self, request_iterator: Iterator[pb.PredictStreamRequest],
                       context: grpc.ServicerContext) -> Iterator[pb.PredictStreamResponse]:
-        return process_stream(request_iterator, self._stream_item, self._stream_executor, self._max_in_flight)
+        gone = caller_gone(context)
+        return process_stream(request_iterator, lambda item: self._stream_item(item, gone),
+                              self._stream_executor, self._max_in_flight)
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[converters.model_info(s) for s in self._engine.models()],
@@ -38,10 +46,10 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
     def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.GetModelResponse:
         return pb.GetModelResponse(model=converters.model_info(self._engine.model(request.name)))
 
-    def _stream_item(self, item: pb.PredictStreamRequest) -> pb.PredictStreamResponse:
+    def _stream_item(self, item: pb.PredictStreamRequest, gone: Callable[[], bool]) -> pb.PredictStreamResponse:
         """One streamed item; its failure becomes its own error response, never the stream's."""
         try:
-            result = self._engine.segment(converters.segment_request(item.request))
+            result = self._engine.segment(converters.segment_request(item.request), gone)
             return pb.PredictStreamResponse(id=item.id, response=converters.predict_response(result))
         except PrelabelError as exc:
             return pb.PredictStreamResponse(id=item.id, error=pb.ItemError(code=exc.code.value[0], message=exc.message))

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)prelabel_proto/prelabel/v1/prelabel.proto\x12\x0bprelabel.v1\"I\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"J\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x15.prelabel.v1.RawImageH\x00\x42\x08\n\x06source\"\x98\x03\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12!\n\x05image\x18\x03 \x01(\x0b\x32\x12.prelabel.v1.Image\x12$\n\x07outputs\x18\x04 \x03(\x0e\x32\x13.prelabel.v1.Output\x12<\n\x13uncertainty_measure\x18\x05 \x01(\x0e\x32\x1f.prelabel.v1.UncertaintyMeasure\x12-\n\x0bmask_format\x18\x06 \x01(\x0e\x32\x18.prelabel.v1.ArrayFormat\x12\x34\n\x12uncertainty_format\x18\x07 \x01(\x0e\x32\x18.prelabel.v1.ArrayFormat\x12\x36\n\x14probabilities_format\x18\x08 \x01(\x0e\x32\x18.prelabel.v1.ArrayFormat\x12\"\n\x15uncertainty_threshold\x18\t \x01(\x02H\x00\x88\x01\x01\x42\x18\n\x16_uncertainty_threshold\"U\n\x0c\x45ncodedArray\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12(\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x18.prelabel.v1.ArrayFormat\x12\r\n\x05shape\x18\x03 \x03(\r\"_\n\x0c\x43lassSummary\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0epixel_fraction\x18\x03 \x01(\x02\x12\x17\n\x0fmean_confidence\x18\x04 \x01(\x02\"\xc8\x01\n\x07Summary\x12\x18\n\x10mean_uncertainty\x18\x01 \x01(\x02\x12\x1a\n\x12uncertain_fraction\x18\x02 \x01(\x02\x12\x1d\n\x15uncertainty_threshold\x18\x03 \x01(\x02\x12*\n\x07\x63lasses\x18\x04 \x03(\x0b\x32\x19.prelabel.v1.ClassSummary\x12<\n\x13uncertainty_measure\x18\x05 \x01(\x0e\x32\x1f.prelabel.v1.UncertaintyMeasure\"\\\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x01\x12\x16\n\x0epostprocess_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"\xdf\x02\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\r\n\x05width\x18\x06 \x01(\r\x12\'\n\x04mask\x18\x07 \x01(\x0b\x32\x19.prelabel.v1.EncodedArray\x12.\n\x0buncertainty\x18\x08 \x01(\x0b\x32\x19.prelabel.v1.EncodedArray\x12\x30\n\rprobabilities\x18\t \x01(\x0b\x32\x19.prelabel.v1.EncodedArray\x12%\n\x07summary\x18\n \x01(\x0b\x32\x14.prelabel.v1.Summary\x12%\n\x07timings\x18\x0b \x01(\x0b\x32\x14.prelabel.v1.Timings\x12\r\n\x05tiles\x18\x0c \x01(\r\"P\n\x14PredictStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.prelabel.v1.PredictRequest\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x89\x01\n\x15PredictStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x30\n\x08response\x18\x02 \x01(\x0b\x32\x1c.prelabel.v1.PredictResponseH\x00\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.prelabel.v1.ItemErrorH\x00\x42\t\n\x07outcome\"\x13\n\x11ListModelsRequest\"4\n\tClassInfo\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x63olor\x18\x03 \x03(\r\"\x8c\x01\n\tInputSpec\x12\x10\n\x08\x63hannels\x18\x01 \x01(\r\x12\x15\n\rsize_multiple\x18\x02 \x01(\r\x12\x11\n\ttile_size\x18\x03 \x01(\r\x12\x14\n\x0ctile_overlap\x18\x04 \x01(\r\x12\x0c\n\x04mean\x18\x05 \x03(\x02\x12\x0b\n\x03std\x18\x06 \x03(\x02\x12\x12\n\nmax_pixels\x18\x07 \x01(\x04\"\xcd\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x0f\n\x07\x65ncoder\x18\x05 \x01(\t\x12\'\n\x07\x63lasses\x18\x06 \x03(\x0b\x32\x16.prelabel.v1.ClassInfo\x12%\n\x05input\x18\x07 \x01(\x0b\x32\x16.prelabel.v1.InputSpec\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12&\n\x05state\x18\n \x01(\x0e\x32\x17.prelabel.v1.ModelState\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x13\n\x0btemperature\x18\x0c \x01(\x02\x12\x14\n\x0cignore_index\x18\r \x01(\x05\x12\x12\n\nis_default\x18\x0e \x01(\x08\"S\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.prelabel.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.prelabel.v1.ModelInfo*c\n\x06Output\x12\x16\n\x12OUTPUT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bOUTPUT_MASK\x10\x01\x12\x16\n\x12OUTPUT_UNCERTAINTY\x10\x02\x12\x18\n\x14OUTPUT_PROBABILITIES\x10\x03*\xa4\x01\n\x12UncertaintyMeasure\x12#\n\x1fUNCERTAINTY_MEASURE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bUNCERTAINTY_MEASURE_ENTROPY\x10\x01\x12\x1e\n\x1aUNCERTAINTY_MEASURE_MARGIN\x10\x02\x12(\n$UNCERTAINTY_MEASURE_LEAST_CONFIDENCE\x10\x03*\x9e\x01\n\x0b\x41rrayFormat\x12\x1c\n\x18\x41RRAY_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41RRAY_FORMAT_PNG_UINT8\x10\x01\x12\x1b\n\x17\x41RRAY_FORMAT_PNG_UINT16\x10\x02\x12\x1a\n\x16\x41RRAY_FORMAT_RAW_UINT8\x10\x03\x12\x1c\n\x18\x41RRAY_FORMAT_RAW_FLOAT16\x10\x04*q\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x32\xcb\x02\n\x0fPrelabelService\x12\x44\n\x07Predict\x12\x1b.prelabel.v1.PredictRequest\x1a\x1c.prelabel.v1.PredictResponse\x12Z\n\rPredictStream\x12!.prelabel.v1.PredictStreamRequest\x1a\".prelabel.v1.PredictStreamResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.prelabel.v1.ListModelsRequest\x1a\x1f.prelabel.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.prelabel.v1.GetModelRequest\x1a\x1d.prelabel.v1.GetModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)prelabel_proto/prelabel/v1/prelabel.proto\x12\x0bprelabel.v1\"I\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"J\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x15.prelabel.v1.RawImageH\x00\x42\x08\n\x06source\"\x98\x03\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12!\n\x05image\x18\x03 \x01(\x0b\x32\x12.prelabel.v1.Image\x12$\n\x07outputs\x18\x04 \x03(\x0e\x32\x13.prelabel.v1.Output\x12<\n\x13uncertainty_measure\x18\x05 \x01(\x0e\x32\x1f.prelabel.v1.UncertaintyMeasure\x12-\n\x0bmask_format\x18\x06 \x01(\x0e\x32\x18.prelabel.v1.ArrayFormat\x12\x34\n\x12uncertainty_format\x18\x07 \x01(\x0e\x32\x18.prelabel.v1.ArrayFormat\x12\x36\n\x14probabilities_format\x18\x08 \x01(\x0e\x32\x18.prelabel.v1.ArrayFormat\x12\"\n\x15uncertainty_threshold\x18\t \x01(\x02H\x00\x88\x01\x01\x42\x18\n\x16_uncertainty_threshold\"U\n\x0c\x45ncodedArray\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12(\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x18.prelabel.v1.ArrayFormat\x12\r\n\x05shape\x18\x03 \x03(\r\"_\n\x0c\x43lassSummary\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0epixel_fraction\x18\x03 \x01(\x02\x12\x17\n\x0fmean_confidence\x18\x04 \x01(\x02\"\xc8\x01\n\x07Summary\x12\x18\n\x10mean_uncertainty\x18\x01 \x01(\x02\x12\x1a\n\x12uncertain_fraction\x18\x02 \x01(\x02\x12\x1d\n\x15uncertainty_threshold\x18\x03 \x01(\x02\x12*\n\x07\x63lasses\x18\x04 \x03(\x0b\x32\x19.prelabel.v1.ClassSummary\x12<\n\x13uncertainty_measure\x18\x05 \x01(\x0e\x32\x1f.prelabel.v1.UncertaintyMeasure\"n\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x01\x12\x16\n\x0epostprocess_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\x12\x10\n\x08queue_ms\x18\x05 \x01(\x01\"\xf3\x02\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\r\n\x05width\x18\x06 \x01(\r\x12\'\n\x04mask\x18\x07 \x01(\x0b\x32\x19.prelabel.v1.EncodedArray\x12.\n\x0buncertainty\x18\x08 \x01(\x0b\x32\x19.prelabel.v1.EncodedArray\x12\x30\n\rprobabilities\x18\t \x01(\x0b\x32\x19.prelabel.v1.EncodedArray\x12%\n\x07summary\x18\n \x01(\x0b\x32\x14.prelabel.v1.Summary\x12%\n\x07timings\x18\x0b \x01(\x0b\x32\x14.prelabel.v1.Timings\x12\r\n\x05tiles\x18\x0c \x01(\r\x12\x12\n\nbatch_size\x18\r \x01(\r\"P\n\x14PredictStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.prelabel.v1.PredictRequest\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x89\x01\n\x15PredictStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x30\n\x08response\x18\x02 \x01(\x0b\x32\x1c.prelabel.v1.PredictResponseH\x00\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.prelabel.v1.ItemErrorH\x00\x42\t\n\x07outcome\"\x13\n\x11ListModelsRequest\"4\n\tClassInfo\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x63olor\x18\x03 \x03(\r\"\x8c\x01\n\tInputSpec\x12\x10\n\x08\x63hannels\x18\x01 \x01(\r\x12\x15\n\rsize_multiple\x18\x02 \x01(\r\x12\x11\n\ttile_size\x18\x03 \x01(\r\x12\x14\n\x0ctile_overlap\x18\x04 \x01(\r\x12\x0c\n\x04mean\x18\x05 \x03(\x02\x12\x0b\n\x03std\x18\x06 \x03(\x02\x12\x12\n\nmax_pixels\x18\x07 \x01(\x04\"\xcd\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x0f\n\x07\x65ncoder\x18\x05 \x01(\t\x12\'\n\x07\x63lasses\x18\x06 \x03(\x0b\x32\x16.prelabel.v1.ClassInfo\x12%\n\x05input\x18\x07 \x01(\x0b\x32\x16.prelabel.v1.InputSpec\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12&\n\x05state\x18\n \x01(\x0e\x32\x17.prelabel.v1.ModelState\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x13\n\x0btemperature\x18\x0c \x01(\x02\x12\x14\n\x0cignore_index\x18\r \x01(\x05\x12\x12\n\nis_default\x18\x0e \x01(\x08\"S\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.prelabel.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.prelabel.v1.ModelInfo*c\n\x06Output\x12\x16\n\x12OUTPUT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bOUTPUT_MASK\x10\x01\x12\x16\n\x12OUTPUT_UNCERTAINTY\x10\x02\x12\x18\n\x14OUTPUT_PROBABILITIES\x10\x03*\xa4\x01\n\x12UncertaintyMeasure\x12#\n\x1fUNCERTAINTY_MEASURE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bUNCERTAINTY_MEASURE_ENTROPY\x10\x01\x12\x1e\n\x1aUNCERTAINTY_MEASURE_MARGIN\x10\x02\x12(\n$UNCERTAINTY_MEASURE_LEAST_CONFIDENCE\x10\x03*\x9e\x01\n\x0b\x41rrayFormat\x12\x1c\n\x18\x41RRAY_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41RRAY_FORMAT_PNG_UINT8\x10\x01\x12\x1b\n\x17\x41RRAY_FORMAT_PNG_UINT16\x10\x02\x12\x1a\n\x16\x41RRAY_FORMAT_RAW_UINT8\x10\x03\x12\x1c\n\x18\x41RRAY_FORMAT_RAW_FLOAT16\x10\x04*q\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x32\xcb\x02\n\x0fPrelabelService\x12\x44\n\x07Predict\x12\x1b.prelabel.v1.PredictRequest\x1a\x1c.prelabel.v1.PredictResponse\x12Z\n\rPredictStream\x12!.prelabel.v1.PredictStreamRequest\x1a\".prelabel.v1.PredictStreamResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.prelabel.v1.ListModelsRequest\x1a\x1f.prelabel.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.prelabel.v1.GetModelRequest\x1a\x1d.prelabel.v1.GetModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prelabel_proto.prelabel.v1.prelabel_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTPUT']._serialized_start=2452
-  _globals['_OUTPUT']._serialized_end=2551
-  _globals['_UNCERTAINTYMEASURE']._serialized_start=2554
-  _globals['_UNCERTAINTYMEASURE']._serialized_end=2718
-  _globals['_ARRAYFORMAT']._serialized_start=2721
-  _globals['_ARRAYFORMAT']._serialized_end=2879
-  _globals['_MODELSTATE']._serialized_start=2881
-  _globals['_MODELSTATE']._serialized_end=2994
+  _globals['_OUTPUT']._serialized_start=2490
+  _globals['_OUTPUT']._serialized_end=2589
+  _globals['_UNCERTAINTYMEASURE']._serialized_start=2592
+  _globals['_UNCERTAINTYMEASURE']._serialized_end=2756
+  _globals['_ARRAYFORMAT']._serialized_start=2759
+  _globals['_ARRAYFORMAT']._serialized_end=2917
+  _globals['_MODELSTATE']._serialized_start=2919
+  _globals['_MODELSTATE']._serialized_end=3032
   _globals['_RAWIMAGE']._serialized_start=58
   _globals['_RAWIMAGE']._serialized_end=131
   _globals['_IMAGE']._serialized_start=133
@@ -52,29 +52,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUMMARY']._serialized_start=805
   _globals['_SUMMARY']._serialized_end=1005
   _globals['_TIMINGS']._serialized_start=1007
-  _globals['_TIMINGS']._serialized_end=1099
-  _globals['_PREDICTRESPONSE']._serialized_start=1102
-  _globals['_PREDICTRESPONSE']._serialized_end=1453
-  _globals['_PREDICTSTREAMREQUEST']._serialized_start=1455
-  _globals['_PREDICTSTREAMREQUEST']._serialized_end=1535
-  _globals['_ITEMERROR']._serialized_start=1537
-  _globals['_ITEMERROR']._serialized_end=1579
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=1582
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=1719
-  _globals['_LISTMODELSREQUEST']._serialized_start=1721
-  _globals['_LISTMODELSREQUEST']._serialized_end=1740
-  _globals['_CLASSINFO']._serialized_start=1742
-  _globals['_CLASSINFO']._serialized_end=1794
-  _globals['_INPUTSPEC']._serialized_start=1797
-  _globals['_INPUTSPEC']._serialized_end=1937
-  _globals['_MODELINFO']._serialized_start=1940
-  _globals['_MODELINFO']._serialized_end=2273
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2275
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2358
-  _globals['_GETMODELREQUEST']._serialized_start=2360
-  _globals['_GETMODELREQUEST']._serialized_end=2391
-  _globals['_GETMODELRESPONSE']._serialized_start=2393
-  _globals['_GETMODELRESPONSE']._serialized_end=2450
-  _globals['_PRELABELSERVICE']._serialized_start=2997
-  _globals['_PRELABELSERVICE']._serialized_end=3328
+  _globals['_TIMINGS']._serialized_end=1117
+  _globals['_PREDICTRESPONSE']._serialized_start=1120
+  _globals['_PREDICTRESPONSE']._serialized_end=1491
+  _globals['_PREDICTSTREAMREQUEST']._serialized_start=1493
+  _globals['_PREDICTSTREAMREQUEST']._serialized_end=1573
+  _globals['_ITEMERROR']._serialized_start=1575
+  _globals['_ITEMERROR']._serialized_end=1617
+  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=1620
+  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=1757
+  _globals['_LISTMODELSREQUEST']._serialized_start=1759
+  _globals['_LISTMODELSREQUEST']._serialized_end=1778
+  _globals['_CLASSINFO']._serialized_start=1780
+  _globals['_CLASSINFO']._serialized_end=1832
+  _globals['_INPUTSPEC']._serialized_start=1835
+  _globals['_INPUTSPEC']._serialized_end=1975
+  _globals['_MODELINFO']._serialized_start=1978
+  _globals['_MODELINFO']._serialized_end=2311
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2313
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2396
+  _globals['_GETMODELREQUEST']._serialized_start=2398
+  _globals['_GETMODELREQUEST']._serialized_end=2429
+  _globals['_GETMODELRESPONSE']._serialized_start=2431
+  _globals['_GETMODELRESPONSE']._serialized_end=2488
+  _globals['_PRELABELSERVICE']._serialized_start=3035
+  _globals['_PRELABELSERVICE']._serialized_end=3366
 # @@protoc_insertion_point(module_scope)

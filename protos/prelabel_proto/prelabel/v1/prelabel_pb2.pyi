@@ -132,19 +132,21 @@ class Summary(_message.Message):
     def __init__(self, mean_uncertainty: _Optional[float] = ..., uncertain_fraction: _Optional[float] = ..., uncertainty_threshold: _Optional[float] = ..., classes: _Optional[_Iterable[_Union[ClassSummary, _Mapping]]] = ..., uncertainty_measure: _Optional[_Union[UncertaintyMeasure, str]] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("decode_ms", "inference_ms", "postprocess_ms", "total_ms")
+    __slots__ = ("decode_ms", "inference_ms", "postprocess_ms", "total_ms", "queue_ms")
     DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
     POSTPROCESS_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     decode_ms: float
     inference_ms: float
     postprocess_ms: float
     total_ms: float
-    def __init__(self, decode_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    queue_ms: float
+    def __init__(self, decode_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "model_version", "backend", "device", "height", "width", "mask", "uncertainty", "probabilities", "summary", "timings", "tiles")
+    __slots__ = ("model", "model_version", "backend", "device", "height", "width", "mask", "uncertainty", "probabilities", "summary", "timings", "tiles", "batch_size")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +159,7 @@ class PredictResponse(_message.Message):
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     TILES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: str
     backend: str
@@ -169,7 +172,8 @@ class PredictResponse(_message.Message):
     summary: Summary
     timings: Timings
     tiles: int
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., mask: _Optional[_Union[EncodedArray, _Mapping]] = ..., uncertainty: _Optional[_Union[EncodedArray, _Mapping]] = ..., probabilities: _Optional[_Union[EncodedArray, _Mapping]] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., tiles: _Optional[int] = ...) -> None: ...
+    batch_size: int
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., mask: _Optional[_Union[EncodedArray, _Mapping]] = ..., uncertainty: _Optional[_Union[EncodedArray, _Mapping]] = ..., probabilities: _Optional[_Union[EncodedArray, _Mapping]] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., tiles: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class PredictStreamRequest(_message.Message):
     __slots__ = ("id", "request")

@@ -1,0 +1,142 @@
+"""Dynamic batching: one worker per model gathers requests into one forward pass.
+
+Requests whose padded sizes match share a batch, up to ``max_batch_size`` or until the first of
+them has waited ``max_queue_delay``. Images that need tiling run alone. The queue is bounded:
+when full, a request is refused at once rather than queued without limit. Requests whose caller
+has gone (deadline passed, cancelled) are dropped before inference. One worker per model also
+means concurrent requests never oversubscribe the cores with parallel forward passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from prelabel_models.predictor import Predictor
+from prelabel_models.tiling import padded_size
+from prelabel_proto.errors import Cancelled, ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+CallerGone = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class BatchedLogits:
+    logits: np.ndarray
+    batch_size: int
+    queue_ms: float
+
+
+@dataclass
+class _Pending:
+    image: np.ndarray
+    shape_key: tuple[int, int] | None  # None: tiled, runs alone
+    caller_gone: CallerGone
+    future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class DynamicBatcher:
+    def __init__(self, name: str, predictor: Predictor, max_batch_size: int, max_queue_delay_ms: float,
+                 max_queue_size: int) -> None:
+        self.name = name
+        self._predictor = predictor
+        self._max_batch = max_batch_size
+        self._max_delay = max_queue_delay_ms / 1000.0
+        self._max_queue = max_queue_size
+        self._queue: deque[_Pending] = deque()
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._worker = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
+        self._worker.start()
+
+    def submit(self, image: np.ndarray, caller_gone: CallerGone = lambda: False) -> Future:
+        """Queues ``image``; the future resolves to BatchedLogits. Raises ResourceExhausted when full."""
+        height, width = image.shape[:2]
+        stride = self._predictor.card.output_stride
+        key = None if self._predictor.needs_tiling(height, width) else (padded_size(height, stride), padded_size(width, stride))
+        pending = _Pending(image, key, caller_gone)
+        with self._wake:
+            if len(self._queue) >= self._max_queue:
+                raise ResourceExhausted(f"model {self.name!r} has {len(self._queue)} requests queued, its limit "
+                                        "(PRELABEL_MAX_QUEUE_SIZE): retry later or slow down")
+            self._queue.append(pending)
+            self._wake.notify()
+        return pending.future
+
+    def queued(self) -> int:
+        with self._wake:
+            return len(self._queue)
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            live = [p for p in batch if not self._drop_if_gone(p)]
+            if live:
+                self._infer(live)
+
+    def _next_batch(self) -> list[_Pending] | None:
+        with self._wake:
+            while not self._queue:
+                if self._stopped:
+                    return None
+                self._wake.wait()
+            first = self._queue.popleft()
+            batch = [first]
+            if first.shape_key is None:
+                return batch
+            flush_at = first.enqueued + self._max_delay
+            while len(batch) < self._max_batch:
+                self._take_compatible(batch, first.shape_key)
+                remaining = flush_at - time.perf_counter()
+                if len(batch) >= self._max_batch or remaining <= 0:
+                    break
+                self._wake.wait(remaining)
+            return batch
+
+    def _take_compatible(self, batch: list[_Pending], key: tuple[int, int]) -> None:
+        for pending in list(self._queue):
+            if len(batch) >= self._max_batch:
+                return
+            if pending.shape_key == key:
+                self._queue.remove(pending)
+                batch.append(pending)
+
+    @staticmethod
+    def _drop_if_gone(pending: _Pending) -> bool:
+        if pending.future.cancelled():
+            return True
+        if pending.caller_gone():
+            pending.future.set_exception(Cancelled("the caller went away (deadline passed or cancelled) before inference"))
+            return True
+        return False
+
+    def _infer(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            if batch[0].shape_key is None:
+                outputs = [self._predictor.logits(batch[0].image)]
+            else:
+                outputs = self._predictor.logits_batch([p.image for p in batch])
+        except Exception as exc:  # a failed batch fails only its own requests
+            log.exception("batch of %d on model %s failed", len(batch), self.name)
+            for pending in batch:
+                pending.future.set_exception(exc)
+            return
+        for pending, logits in zip(batch, outputs):
+            pending.future.set_result(BatchedLogits(logits, len(batch), (started - pending.enqueued) * 1000.0))
