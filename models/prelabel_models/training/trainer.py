@@ -184,6 +184,9 @@ def train(run: TrainingRun) -> dict:
     command = "prelabel " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("prelabel") else shlex.join(sys.argv)
     for epoch in range(state["epoch"] + 1, recipe.epochs + 1):
         started = time.perf_counter()
+        # albumentations draws from its own generator, not the global seeds: seed it per epoch so a
+        # run (and a resumed run) is reproducible.
+        augment.set_random_seed(int(np.random.SeedSequence([recipe.seed, epoch]).generate_state(1)[0]))
         network.train()
         losses = []
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}", leave=False, mininterval=5)
