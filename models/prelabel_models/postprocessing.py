@@ -6,6 +6,7 @@ band of probabilities at a time.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,20 +40,30 @@ class MapSummary:
 def segment_maps(logits: np.ndarray, temperature: float = 1.0, measure: str = "entropy",
                  keep_probabilities: bool = False, band_rows: int = 256) -> SegmentationMaps:
     """Applies the temperature, then derives every per-pixel map from the class probabilities."""
-    measure_fn = get_measure(measure)
     classes, height, width = logits.shape
+    bands = ((slice(top, min(top + band_rows, height)), logits[:, top: top + band_rows])
+             for top in range(0, height, band_rows))
+    return segment_bands(bands, classes, height, width, temperature, measure, keep_probabilities)
+
+
+def segment_bands(bands: Iterable[tuple[slice, np.ndarray]], classes: int, height: int, width: int,
+                  temperature: float = 1.0, measure: str = "entropy", keep_probabilities: bool = False,
+                  band_rows: int = 256) -> SegmentationMaps:
+    """Like ``segment_maps`` for logits that arrive as bands of rows (see Predictor.logit_bands)."""
+    measure_fn = get_measure(measure)
     mask = np.empty((height, width), np.uint8)
     confidence = np.empty((height, width), np.float32)
     uncertainty = np.empty((height, width), np.float32)
     probabilities = np.empty((classes, height, width), np.float16) if keep_probabilities else None
-    for top in range(0, height, band_rows):
-        rows = slice(top, min(top + band_rows, height))
-        band = softmax(logits[:, rows], temperature)
-        mask[rows] = band.argmax(axis=0)
-        confidence[rows] = band.max(axis=0)
-        uncertainty[rows] = measure_fn(band)
-        if probabilities is not None:
-            probabilities[:, rows] = band
+    for rows, logits in bands:
+        for offset in range(0, logits.shape[1], band_rows):
+            part = slice(rows.start + offset, min(rows.start + offset + band_rows, rows.stop))
+            band = softmax(logits[:, offset: offset + band_rows], temperature)
+            mask[part] = band.argmax(axis=0)
+            confidence[part] = band.max(axis=0)
+            uncertainty[part] = measure_fn(band)
+            if probabilities is not None:
+                probabilities[:, part] = band
     return SegmentationMaps(mask, confidence, uncertainty, probabilities)
 
 

@@ -3,12 +3,15 @@ blended overlaps. Shared by the server, ``evaluate`` and ``export``'s parity che
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import groupby
+
 import numpy as np
 
 from prelabel_models.backends import Backend
 from prelabel_models.card import ModelCard
 from prelabel_models.preprocessing import normalize
-from prelabel_models.tiling import blend_weights, pad_to_multiple, plan_tiles
+from prelabel_models.tiling import Tile, blend_weights, pad_to_multiple, plan_tiles
 
 
 class Predictor:
@@ -48,21 +51,65 @@ class Predictor:
     def _input(self, image: np.ndarray, stride: int) -> np.ndarray:
         return normalize(pad_to_multiple(image, stride), self.card.normalization)
 
-    def _tiled_logits(self, image: np.ndarray) -> np.ndarray:
+    def logit_bands(self, image: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+        """Logits as bands of finished rows, top to bottom: (rows, (classes, band height, W)).
+
+        Tiles are processed one row of tiles at a time and the rows that no later tile touches are
+        handed out at once, so a 4000x3000 photo never holds more than about two tile-heights of
+        logits.
+        """
         height, width = image.shape[:2]
+        if not self.needs_tiling(height, width):
+            yield slice(0, height), self.logits_batch([image])[0]
+            return
         padded = pad_to_multiple(image, self.card.output_stride)
         tiles = plan_tiles(padded.shape[0], padded.shape[1], self.card.tile_size, self.card.tile_overlap)
-        accumulated = np.zeros((self.card.num_classes, padded.shape[0], padded.shape[1]), np.float32)
-        weight_sum = np.zeros(padded.shape[:2], np.float32)
-        for start in range(0, len(tiles), self.tile_batch):
-            group = tiles[start: start + self.tile_batch]
-            batch = np.stack([normalize(padded[t.rows, t.cols], self.card.normalization) for t in group])
-            for tile, tile_logits in zip(group, self.backend.run(batch)):
-                weights = blend_weights(tile.height, tile.width, self.card.tile_overlap)
-                accumulated[:, tile.rows, tile.cols] += tile_logits * weights
-                weight_sum[tile.rows, tile.cols] += weights
-        accumulated /= weight_sum
-        return accumulated[:, :height, :width]
+        band = _Band(self.card.num_classes, padded.shape[1])
+        for top, row_tiles in groupby(tiles, key=lambda t: t.top):
+            yield from band.finish_rows_above(top, height, width)
+            band.extend_to(top + self.card.tile_size)
+            row_tiles = list(row_tiles)
+            for start in range(0, len(row_tiles), self.tile_batch):
+                group = row_tiles[start: start + self.tile_batch]
+                batch = np.stack([normalize(padded[t.rows, t.cols], self.card.normalization) for t in group])
+                for tile, tile_logits in zip(group, self.backend.run(batch)):
+                    band.add(tile, tile_logits, blend_weights(tile.height, tile.width, self.card.tile_overlap))
+        yield from band.finish_rows_above(padded.shape[0], height, width)
+
+    def _tiled_logits(self, image: np.ndarray) -> np.ndarray:
+        return np.concatenate([logits for _, logits in self.logit_bands(image)], axis=1)
+
+
+class _Band:
+    """The rows of blended logits still being written by tiles, starting at image row ``top``."""
+
+    def __init__(self, num_classes: int, width: int) -> None:
+        self.top = 0
+        self.logits = np.zeros((num_classes, 0, width), np.float32)
+        self.weights = np.zeros((0, width), np.float32)
+
+    def extend_to(self, bottom: int) -> None:
+        missing = bottom - (self.top + self.weights.shape[0])
+        if missing > 0:
+            classes, _, width = self.logits.shape
+            self.logits = np.concatenate([self.logits, np.zeros((classes, missing, width), np.float32)], axis=1)
+            self.weights = np.concatenate([self.weights, np.zeros((missing, width), np.float32)], axis=0)
+
+    def add(self, tile: Tile, tile_logits: np.ndarray, weights: np.ndarray) -> None:
+        rows = slice(tile.top - self.top, tile.top - self.top + tile.height)
+        self.logits[:, rows, tile.cols] += tile_logits * weights
+        self.weights[rows, tile.cols] += weights
+
+    def finish_rows_above(self, row: int, height: int, width: int) -> Iterator[tuple[slice, np.ndarray]]:
+        """Hands out rows [top, row) — cropped to the image — and forgets them."""
+        done = min(row, self.top + self.weights.shape[0]) - self.top
+        if done <= 0:
+            return
+        visible = max(0, min(height, self.top + done) - self.top)
+        if visible:
+            yield slice(self.top, self.top + visible), self.logits[:, :visible, :width] / self.weights[:visible, :width]
+        self.logits, self.weights = self.logits[:, done:], self.weights[done:]
+        self.top += done
 
 
 def pad_to_common(image: np.ndarray, height: int, width: int) -> np.ndarray:

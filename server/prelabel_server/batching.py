@@ -1,7 +1,8 @@
 """Dynamic batching: one worker per model gathers requests into one forward pass.
 
 Requests whose padded sizes match share a batch, up to ``max_batch_size`` or until the first of
-them has waited ``max_queue_delay``. Images that need tiling run alone. The queue is bounded:
+them has waited ``max_queue_delay``. Images that need tiling are not queued: their caller takes the model for itself (``exclusive``)
+and streams tiles through it. The queue is bounded:
 when full, a request is refused at once rather than queued without limit. Requests whose caller
 has gone (deadline passed, cancelled) are dropped before inference. One worker per model also
 means concurrent requests never oversubscribe the cores with parallel forward passes.
@@ -38,7 +39,7 @@ class BatchedLogits:
 @dataclass
 class _Pending:
     image: np.ndarray
-    shape_key: tuple[int, int] | None  # None: tiled, runs alone
+    shape_key: tuple[int, int]  # padded size: only equal keys share a batch
     caller_gone: CallerGone
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
@@ -55,14 +56,14 @@ class DynamicBatcher:
         self._queue: deque[_Pending] = deque()
         self._wake = threading.Condition()
         self._stopped = False
+        self._model_lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._worker.start()
 
     def submit(self, image: np.ndarray, caller_gone: CallerGone = lambda: False) -> Future:
         """Queues ``image``; the future resolves to BatchedLogits. Raises ResourceExhausted when full."""
-        height, width = image.shape[:2]
         stride = self._predictor.card.output_stride
-        key = None if self._predictor.needs_tiling(height, width) else (padded_size(height, stride), padded_size(width, stride))
+        key = (padded_size(image.shape[0], stride), padded_size(image.shape[1], stride))
         pending = _Pending(image, key, caller_gone)
         with self._wake:
             if len(self._queue) >= self._max_queue:
@@ -71,6 +72,10 @@ class DynamicBatcher:
             self._queue.append(pending)
             self._wake.notify()
         return pending.future
+
+    def exclusive(self) -> threading.Lock:
+        """Held while a batch runs; a tiled image holds it to run its tiles between batches."""
+        return self._model_lock
 
     def queued(self) -> int:
         with self._wake:
@@ -98,8 +103,6 @@ class DynamicBatcher:
                 self._wake.wait()
             first = self._queue.popleft()
             batch = [first]
-            if first.shape_key is None:
-                return batch
             flush_at = first.enqueued + self._max_delay
             while len(batch) < self._max_batch:
                 self._take_compatible(batch, first.shape_key)
@@ -129,9 +132,7 @@ class DynamicBatcher:
     def _infer(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            if batch[0].shape_key is None:
-                outputs = [self._predictor.logits(batch[0].image)]
-            else:
+            with self._model_lock:
                 outputs = self._predictor.logits_batch([p.image for p in batch])
         except Exception as exc:  # a failed batch fails only its own requests
             log.exception("batch of %d on model %s failed", len(batch), self.name)

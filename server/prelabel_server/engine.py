@@ -6,15 +6,18 @@ converter around it.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
-from prelabel_models.postprocessing import segment_maps, summarize
+from prelabel_models.postprocessing import SegmentationMaps, segment_bands, segment_maps, summarize
 from prelabel_models.uncertainty import UNCERTAINTY_MEASURES
 from prelabel_proto.errors import InvalidInput
 from prelabel_server import encoding
-from prelabel_server.batching import BatchedLogits, CallerGone
+from prelabel_server.batching import CallerGone
 from prelabel_server.imaging import decode_image, raw_image
 from prelabel_server.registry import ModelRegistry, ServedModel
 from prelabel_server.settings import ServerSettings
@@ -23,6 +26,25 @@ from prelabel_server.types import OUTPUTS, ModelStatus, SegmentRequest, SegmentR
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000.0
+
+
+@dataclass
+class _Inference:
+    logits: np.ndarray | None
+    batch_size: int = 1
+    queue_ms: float = 0.0
+    seconds: float = 0.0
+
+
+def _timed(bands: Iterator[tuple[slice, np.ndarray]], inference: _Inference) -> Iterator[tuple[slice, np.ndarray]]:
+    """Counts the time spent producing each band (the network) into ``inference.seconds``."""
+    while True:
+        started = time.perf_counter()
+        band = next(bands, None)
+        inference.seconds += time.perf_counter() - started
+        if band is None:
+            return
+        yield band
 
 
 class Engine:
@@ -43,20 +65,37 @@ class Engine:
         served = self.registry.ready(request.model, request.model_version)
         image = self._decode(request)
         decoded = time.perf_counter()
-        inference = self._infer(served, image, caller_gone)
-        inferred = time.perf_counter()
-        result = self._postprocess(served, request, inference.logits)
-        done = time.perf_counter()
-        timings = Timings(decode_ms=(decoded - started) * 1000, inference_ms=(inferred - decoded) * 1000,
-                          postprocess_ms=(done - inferred) * 1000, total_ms=_ms(started), queue_ms=inference.queue_ms)
-        return SegmentResult(**result, timings=timings, tiles=served.predictor.count_tiles(*image.shape[:2]),
+        if served.predictor.needs_tiling(*image.shape[:2]):
+            maps, inference = self._segment_tiled(served, image, request)
+        else:
+            inference = self._infer(served, image, caller_gone)
+            maps = segment_maps(inference.logits, served.card.temperature, request.measure,
+                                keep_probabilities="probabilities" in request.outputs)
+            inference.seconds = time.perf_counter() - decoded
+        fields = self._encode(served, request, maps)
+        timings = Timings(decode_ms=(decoded - started) * 1000, inference_ms=inference.seconds * 1000,
+                          postprocess_ms=(time.perf_counter() - decoded - inference.seconds) * 1000,
+                          total_ms=_ms(started), queue_ms=inference.queue_ms)
+        return SegmentResult(**fields, timings=timings, tiles=served.predictor.count_tiles(*image.shape[:2]),
                              batch_size=inference.batch_size)
 
     @staticmethod
-    def _infer(served: ServedModel, image: np.ndarray, caller_gone: CallerGone) -> BatchedLogits:
+    def _infer(served: ServedModel, image: np.ndarray, caller_gone: CallerGone) -> _Inference:
         if served.batcher is None:
-            return BatchedLogits(served.predictor.logits(image), batch_size=1, queue_ms=0.0)
-        return served.batcher.submit(image, caller_gone).result()
+            return _Inference(served.predictor.logits(image))
+        batched = served.batcher.submit(image, caller_gone).result()
+        return _Inference(batched.logits, batch_size=batched.batch_size, queue_ms=batched.queue_ms)
+
+    @staticmethod
+    def _segment_tiled(served: ServedModel, image: np.ndarray, request: SegmentRequest) -> tuple[SegmentationMaps, _Inference]:
+        """Streams tiles' logits straight into the maps, holding the model between batches."""
+        inference = _Inference(None)
+        bands = _timed(served.predictor.logit_bands(image), inference)
+        lock = served.batcher.exclusive() if served.batcher is not None else contextlib.nullcontext()
+        with lock:
+            maps = segment_bands(bands, served.card.num_classes, *image.shape[:2], served.card.temperature,
+                                 request.measure, keep_probabilities="probabilities" in request.outputs)
+        return maps, inference
 
     def _validate(self, request: SegmentRequest) -> None:
         unknown = set(request.outputs) - set(OUTPUTS)
@@ -75,10 +114,8 @@ class Engine:
             return decode_image(request.image, self.settings.max_image_pixels)
         return raw_image(request.image, self.settings.max_image_pixels)
 
-    def _postprocess(self, served: ServedModel, request: SegmentRequest, logits: np.ndarray) -> dict:
+    def _encode(self, served: ServedModel, request: SegmentRequest, maps: SegmentationMaps) -> dict:
         card = served.card
-        maps = segment_maps(logits, card.temperature, request.measure,
-                            keep_probabilities="probabilities" in request.outputs)
         encoded = {}
         if "mask" in request.outputs:
             encoded["mask"] = encoding.encode("mask", request.mask_format, maps.mask, card.palette)

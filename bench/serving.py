@@ -1,0 +1,198 @@
+"""Serving benchmark: prelabel over gRPC against raw ONNX Runtime, side by side in one run.
+
+    .venv/bin/python bench/serving.py [--model-dir models/camvid] [--images 64] [--out bench/results/serving.json]
+
+Prints a table (images/s, p50/p95/p99 latency, ratio to the raw-runtime limit, server CPU use and
+peak RSS) and writes it as JSON. The server runs in its own process, started here, so its CPU and
+memory are measured apart from the client's; on a 2-core machine the client still competes with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from procstats import ProcessStats  # noqa: E402
+
+from prelabel_client import PreLabelClient  # noqa: E402
+from prelabel_models import ModelPackage  # noqa: E402
+from prelabel_models.backends import create_backend  # noqa: E402
+from prelabel_models.image_files import list_images, read_rgb  # noqa: E402
+from prelabel_models.predictor import Predictor  # noqa: E402
+
+CAMVID_VAL = ROOT.parent / "shared" / "data" / "camvid" / "val"
+
+
+@dataclass
+class Row:
+    name: str
+    images: int
+    images_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    ratio_to_limit: float = 0.0
+    server_cpu_cores: float = 0.0
+    server_peak_rss_mb: float = 0.0
+    note: str = ""
+
+
+def _row(name: str, latencies: list[float], wall: float, note: str = "") -> Row:
+    ms = np.asarray(latencies) * 1000
+    return Row(name, len(latencies), len(latencies) / wall, *np.percentile(ms, [50, 95, 99]).tolist(), note=note)
+
+
+def raw_runtime(package: ModelPackage, images: list[np.ndarray], batch_sizes: list[int]) -> list[Row]:
+    """The limit: ONNX Runtime in-process on pre-normalised inputs, no gRPC, no decoding."""
+    predictor = Predictor(package.card, create_backend("onnx", package))
+    inputs = np.stack([predictor._input(im, package.card.output_stride) for im in images])
+    predictor.backend.run(inputs[:1])  # warm-up
+    rows = []
+    for batch in batch_sizes:
+        latencies, started = [], time.perf_counter()
+        for start in range(0, len(inputs) - batch + 1, batch):
+            t = time.perf_counter()
+            predictor.backend.run(inputs[start: start + batch])
+            latencies += [(time.perf_counter() - t) / batch] * batch
+        rows.append(_row(f"raw onnxruntime, batch {batch}", latencies, time.perf_counter() - started))
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`prelabel serve` in a child process, with its CPU time and peak RSS read from /proc."""
+
+    def __init__(self, model_repository: Path, **env: str) -> None:
+        self.port = _free_port()
+        environment = {**os.environ, "PRELABEL_PORT": str(self.port), "PRELABEL_BACKEND": "onnx",
+                       "PRELABEL_MODEL_REPOSITORY": str(model_repository), **env}
+        self.process = subprocess.Popen([sys.executable, "-m", "prelabel_client.cli", "serve"], env=environment,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.address = f"127.0.0.1:{self.port}"
+        with PreLabelClient(self.address) as client:
+            client.wait_ready(120)
+            deadline = time.time() + 120
+            while client.model().state != "ready" and time.time() < deadline:
+                time.sleep(0.5)
+        self.stats = ProcessStats(self.process.pid)
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def unary(address: str, payloads: list[bytes], concurrency: int, **options: object) -> tuple[list[float], float]:
+    with PreLabelClient(address, timeout=300) as client:
+        client.predict(payloads[0], **options)  # warm-up
+
+        def one(payload: bytes) -> float:
+            t = time.perf_counter()
+            client.predict(payload, **options)
+            return time.perf_counter() - t
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            latencies = list(pool.map(one, payloads))
+        return latencies, time.perf_counter() - started
+
+
+def stream(address: str, payloads: list[bytes], window: int) -> tuple[list[float], float]:
+    with PreLabelClient(address, timeout=300) as client:
+        started = time.perf_counter()
+        latencies = [p.timings_ms["total"] / 1000 for p in client.predict_many(payloads, window=window)]
+        return latencies, time.perf_counter() - started
+
+
+def measured(server: ServerProcess, name: str, run, limit: float, note: str = "") -> Row:
+    server.stats.start()
+    latencies, wall = run()
+    cpu = server.stats.cpu_cores()
+    row = _row(name, latencies, wall, note)
+    row.ratio_to_limit = row.images_per_s / limit
+    row.server_cpu_cores, row.server_peak_rss_mb = cpu, server.stats.peak_rss_mb()
+    return row
+
+
+def large_photo(image: np.ndarray) -> bytes:
+    big = cv2.resize(image, (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    return cv2.imencode(".png", cv2.cvtColor(big, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "camvid")
+    parser.add_argument("--images", type=int, default=64, help="requests per measurement")
+    parser.add_argument("--data", type=Path, default=CAMVID_VAL)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.json")
+    args = parser.parse_args()
+
+    package = ModelPackage.open(args.model_dir)
+    paths = list_images(args.data)[: args.images]
+    payloads = [p.read_bytes() for p in paths]
+    images = [read_rgb(p) for p in paths]
+    rows = raw_runtime(package, images, [1, 2, 4])
+    limit = max(r.images_per_s for r in rows)
+    for r in rows:
+        r.ratio_to_limit = r.images_per_s / limit
+    repository = args.model_dir.resolve().parent
+
+    with ServerProcess(repository) as server:
+        for concurrency in (1, 4, 16):
+            rows.append(measured(server, f"prelabel Predict, concurrency {concurrency}",
+                                 lambda: unary(server.address, payloads, concurrency), limit))
+        rows.append(measured(server, "prelabel PredictStream, window 16", lambda: stream(server.address, payloads, 16), limit))
+        for outputs, measure in ((("mask",), "entropy"), (("mask", "uncertainty"), "entropy"),
+                                 (("mask", "uncertainty"), "margin"), (("mask", "uncertainty"), "least_confidence")):
+            label = "mask only" if outputs == ("mask",) else f"mask + {measure}"
+            rows.append(measured(server, f"Predict concurrency 4, {label}",
+                                 lambda: unary(server.address, payloads, 4, outputs=outputs, measure=measure), limit))
+    with ServerProcess(repository, PRELABEL_BATCHING="false") as server:
+        rows.append(measured(server, "batching off, Predict concurrency 16",
+                             lambda: unary(server.address, payloads, 16), limit, "one request at a time per thread"))
+    with ServerProcess(repository) as server:
+        photo = large_photo(images[0])
+        rows.append(measured(server, "4000x3000 photo (tiled), Predict",
+                             lambda: unary(server.address, [photo] * 3, 1), limit, "latency per photo"))
+
+    print_table(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+              "model": package.card.name, "images": len(paths), "limit_images_per_s": limit,
+              "rows": [asdict(r) for r in rows]}
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+def print_table(rows: list[Row]) -> None:
+    header = f"{'configuration':<42} {'img/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'/limit':>7} {'srv CPU':>8} {'srv RSS MB':>10}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r.name:<42} {r.images_per_s:7.2f} {r.p50_ms:8.1f} {r.p95_ms:8.1f} {r.p99_ms:8.1f} "
+              f"{r.ratio_to_limit:7.1%} {r.server_cpu_cores:8.2f} {r.server_peak_rss_mb:10.0f}")
+
+
+if __name__ == "__main__":
+    main()
