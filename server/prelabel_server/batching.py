@@ -23,6 +23,7 @@ import numpy as np
 from prelabel_models.predictor import Predictor
 from prelabel_models.tiling import padded_size
 from prelabel_proto.errors import Cancelled, ResourceExhausted
+from prelabel_server import metrics
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,11 @@ class DynamicBatcher:
         pending = _Pending(image, key, caller_gone)
         with self._wake:
             if len(self._queue) >= self._max_queue:
+                metrics.REJECTED.labels(self.name).inc()
                 raise ResourceExhausted(f"model {self.name!r} has {len(self._queue)} requests queued, its limit "
                                         "(PRELABEL_MAX_QUEUE_SIZE): retry later or slow down")
             self._queue.append(pending)
+            metrics.QUEUE_DEPTH.labels(self.name).set(len(self._queue))
             self._wake.notify()
         return pending.future
 
@@ -110,6 +113,7 @@ class DynamicBatcher:
                 if len(batch) >= self._max_batch or remaining <= 0:
                     break
                 self._wake.wait(remaining)
+            metrics.QUEUE_DEPTH.labels(self.name).set(len(self._queue))
             return batch
 
     def _take_compatible(self, batch: list[_Pending], key: tuple[int, int]) -> None:
@@ -120,11 +124,12 @@ class DynamicBatcher:
                 self._queue.remove(pending)
                 batch.append(pending)
 
-    @staticmethod
-    def _drop_if_gone(pending: _Pending) -> bool:
+    def _drop_if_gone(self, pending: _Pending) -> bool:
         if pending.future.cancelled():
+            metrics.DROPPED.labels(self.name).inc()
             return True
         if pending.caller_gone():
+            metrics.DROPPED.labels(self.name).inc()
             pending.future.set_exception(Cancelled("the caller went away (deadline passed or cancelled) before inference"))
             return True
         return False
@@ -139,5 +144,6 @@ class DynamicBatcher:
             for pending in batch:
                 pending.future.set_exception(exc)
             return
+        metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
         for pending, logits in zip(batch, outputs):
             pending.future.set_result(BatchedLogits(logits, len(batch), (started - pending.enqueued) * 1000.0))

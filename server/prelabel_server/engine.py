@@ -15,8 +15,8 @@ import numpy as np
 
 from prelabel_models.postprocessing import SegmentationMaps, segment_bands, segment_maps, summarize
 from prelabel_models.uncertainty import UNCERTAINTY_MEASURES
-from prelabel_proto.errors import InvalidInput
-from prelabel_server import encoding
+from prelabel_proto.errors import InvalidInput, PrelabelError
+from prelabel_server import encoding, metrics
 from prelabel_server.batching import CallerGone
 from prelabel_server.imaging import decode_image, raw_image
 from prelabel_server.registry import ModelRegistry, ServedModel
@@ -60,6 +60,21 @@ class Engine:
 
     def segment(self, request: SegmentRequest, caller_gone: CallerGone = lambda: False) -> SegmentResult:
         """Runs one request. ``caller_gone`` lets the batcher drop it if its caller has left."""
+        started = time.perf_counter()
+        model = self.registry.metric_label(request.model)
+        try:
+            result = self._segment(request, caller_gone)
+        except PrelabelError as exc:
+            metrics.REQUESTS.labels(model, exc.code.name.lower()).inc()
+            raise
+        except Exception:
+            metrics.REQUESTS.labels(model, "internal").inc()
+            raise
+        metrics.REQUESTS.labels(model, "ok").inc()
+        metrics.REQUEST_SECONDS.labels(model).observe(time.perf_counter() - started)
+        return result
+
+    def _segment(self, request: SegmentRequest, caller_gone: CallerGone) -> SegmentResult:
         started = time.perf_counter()
         self._validate(request)
         served = self.registry.ready(request.model, request.model_version)

@@ -98,6 +98,12 @@ class ModelRegistry:
         ready = [m.name for m in self.all() if m.state == "ready"]
         return ready[0] if ready else ""
 
+    def metric_label(self, name: str) -> str:
+        """The model name for metrics labels; unknown names collapse into one label."""
+        name = name or self.default_name
+        with self._lock:
+            return name if name in self._models else "unknown"
+
     def get(self, name: str) -> ServedModel:
         """The named (or default) model, whatever its state."""
         name = name or self.default_name

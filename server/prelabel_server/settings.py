@@ -40,4 +40,5 @@ class ServerSettings(BaseSettings):
     auth_token: str = Field(default="", description="If set, every call must send 'authorization: Bearer <token>'.")
     tls_certificate: Path | None = Field(default=None, description="PEM certificate chain: serve TLS instead of plaintext.")
     tls_private_key: Path | None = Field(default=None, description="PEM private key for tls_certificate.")
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Port for Prometheus /metrics over HTTP; 0 = off.")
     grace_seconds: float = Field(default=5.0, ge=0, description="On shutdown, time given to calls in flight.")

@@ -17,6 +17,7 @@ from prelabel_proto import prelabel_pb2_grpc as pb_grpc
 from prelabel_server.engine import Engine
 from prelabel_server.grpc_api.interceptors import ErrorInterceptor, TokenInterceptor
 from prelabel_server.grpc_api.servicer import PrelabelServicer
+from prelabel_server.metrics import start_metrics_server
 from prelabel_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ def start_server(settings: ServerSettings) -> RunningServer:
     if port == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
     server.start()
+    if settings.metrics_port:
+        start_metrics_server(settings.metrics_port, settings.host)
     _update_health(health_servicer, engine)
     return RunningServer(server, port, engine, health_servicer, stream_executor)
 
