@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_commands(commands)
     _add_train(commands)
+    from prelabel_models.evaluation.cli import register as add_evaluation_commands; add_evaluation_commands(commands)  # noqa: E702
     return parser
 
 
