@@ -1,0 +1,152 @@
+"""Every bad input gets its status code and a message that helps, and the server keeps serving:
+each case is followed by a good request on the same connection."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from prelabel_client import PreLabelClient
+from prelabel_proto import prelabel_pb2 as pb
+from prelabel_proto import prelabel_pb2_grpc as pb_grpc
+from prelabel_server.grpc_api.server import RunningServer
+from service_support import encode, read_rgb
+
+INVALID, NOT_FOUND, EXHAUSTED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                                 grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A structurally valid PNG (correct CRCs) whose header claims ``width`` x ``height`` RGB
+    pixels but which carries only a few compressed bytes: a decompression bomb's header."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+            + _chunk(b"IEND", b""))
+
+
+def _flip_middle_byte(data: bytes) -> bytes:
+    """Corrupts one byte of the pixel data: the chunk's CRC no longer matches."""
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+
+
+def _gif() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buffer, format="GIF")
+    return buffer.getvalue()
+
+
+def _request(image: pb.Image | bytes, **fields: object) -> pb.PredictRequest:
+    return pb.PredictRequest(image=pb.Image(encoded=image) if isinstance(image, bytes) else image, **fields)
+
+
+def _raw(data: bytes, height: int, width: int, channels: int) -> pb.Image:
+    return pb.Image(raw=pb.RawImage(data=data, height=height, width=width, channels=channels))
+
+
+# name -> (request builder given a good PNG, expected code, fragments the message must contain)
+CASES: dict[str, tuple[Callable[[bytes], pb.PredictRequest], grpc.StatusCode, tuple[str, ...]]] = {
+    "corrupt-bytes": (lambda png: _request(b"\x00garbage, not an image" * 20), INVALID, ("not a readable image", "PNG")),
+    "truncated-png": (lambda png: _request(png[: len(png) // 2]), INVALID, ("truncated",)),
+    "png-with-flipped-byte": (lambda png: _request(_flip_middle_byte(png)), INVALID, ("corrupt",)),
+    "truncated-jpeg": (lambda png: _request(encode(cv2.imdecode(np.frombuffer(png, np.uint8), 1), ".jpg")[:-200]),
+                       INVALID, ("truncated",)),
+    "empty-image": (lambda png: _request(b""), INVALID, ("empty",)),
+    "no-image-set": (lambda png: pb.PredictRequest(), INVALID, ("empty",)),
+    "unsupported-format": (lambda png: _request(_gif()), INVALID, ("GIF", "not supported", "PNG")),
+    "header-claims-100000x100000": (lambda png: _request(png_claiming(100_000, 100_000)), EXHAUSTED,
+                                    ("100000x100000", "10000000000 pixels", "limit of 40000000")),
+    "raw-wrong-byte-count": (lambda png: pb.PredictRequest(image=_raw(b"\0" * 100, 10, 10, 3)), INVALID,
+                             ("100 bytes", "needs 300 bytes")),
+    "raw-two-channels": (lambda png: pb.PredictRequest(image=_raw(b"\0" * 200, 10, 10, 2)), INVALID, ("2 channels",)),
+    "raw-zero-height": (lambda png: pb.PredictRequest(image=_raw(b"", 0, 10, 3)), INVALID, ("at least one pixel",)),
+    "raw-over-pixel-limit": (lambda png: pb.PredictRequest(image=_raw(b"", 10_000, 5_000, 1)), EXHAUSTED,
+                             ("50000000 pixels", "limit")),
+    "unknown-model": (lambda png: _request(png, model="no-such-model"), NOT_FOUND, ("no-such-model", "deeplab")),
+    "unknown-version": (lambda png: _request(png, model="deeplab", model_version="7"), NOT_FOUND, ("'7'", "'1'")),
+    "unknown-measure": (lambda png: _request(png, uncertainty_measure=99), INVALID,
+                        ("uncertainty_measure", "99", "UNCERTAINTY_MEASURE_MARGIN")),
+    "unknown-mask-format": (lambda png: _request(png, mask_format=99), INVALID, ("mask_format", "99")),
+    "unknown-output": (lambda png: _request(png, outputs=[pb.OUTPUT_MASK, 42]), INVALID, ("outputs", "42")),
+    "format-not-for-masks": (lambda png: _request(png, mask_format=pb.ARRAY_FORMAT_RAW_FLOAT16), INVALID,
+                             ("raw_float16", "mask", "png_uint8")),
+    "threshold-out-of-range": (lambda png: _request(png, uncertainty_threshold=1.5), INVALID, ("(0, 1)", "1.5")),
+}
+
+
+@pytest.fixture(scope="module")
+def stub(onnx_server: RunningServer):
+    with grpc.insecure_channel(onnx_server.address) as channel:
+        yield pb_grpc.PrelabelServiceStub(channel)
+
+
+def _assert_refused(stub, request: pb.PredictRequest, code: grpc.StatusCode, fragments: tuple[str, ...]) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Predict(request, timeout=60)
+    assert raised.value.code() == code, raised.value.details()
+    details = raised.value.details()
+    assert details and "Traceback" not in details
+    for fragment in fragments:
+        assert fragment in details
+
+
+def _assert_still_serving(stub, png: bytes) -> None:
+    response = stub.Predict(_request(png), timeout=60)
+    assert (response.height, response.width) == (101, 133)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gets_its_status_and_the_server_keeps_serving(stub, small_camvid_png: bytes, case: str) -> None:
+    build, code, fragments = CASES[case]
+    _assert_refused(stub, build(small_camvid_png), code, fragments)
+    _assert_still_serving(stub, small_camvid_png)
+
+
+def test_client_raises_the_error_class_of_the_status(onnx_client: PreLabelClient, small_camvid_png: bytes) -> None:
+    from prelabel_client import InvalidInput, ModelNotFound, ResourceExhausted
+
+    with pytest.raises(InvalidInput):
+        onnx_client.predict(b"not an image")
+    with pytest.raises(ModelNotFound):
+        onnx_client.predict(small_camvid_png, model="no-such-model")
+    with pytest.raises(ResourceExhausted):
+        onnx_client.predict(png_claiming(100_000, 100_000))
+    assert onnx_client.predict(small_camvid_png).ok
+
+
+@pytest.fixture(scope="module")
+def limited(start_extra_server) -> Iterator[pb_grpc.PrelabelServiceStub]:
+    """A server with small limits: 200 kB messages, 100 000 pixels."""
+    running = start_extra_server(max_message_bytes=200_000, max_image_pixels=100_000)
+    with grpc.insecure_channel(running.address) as channel:
+        yield pb_grpc.PrelabelServiceStub(channel)
+
+
+class TestLimits:
+
+    def test_an_oversized_message_is_resource_exhausted(self, limited, camvid_val_images: list[Path],
+                                                         small_camvid_png: bytes) -> None:
+        image = read_rgb(camvid_val_images[0])  # 480x360x3 = 518 400 bytes raw
+        request = pb.PredictRequest(image=_raw(image.tobytes(), 360, 480, 3))
+        _assert_refused(limited, request, EXHAUSTED, ("200000",))
+        _assert_still_serving(limited, small_camvid_png)
+
+    def test_an_image_over_the_pixel_limit_is_resource_exhausted(self, limited, camvid_val_images: list[Path],
+                                                                 small_camvid_png: bytes) -> None:
+        jpeg = encode(read_rgb(camvid_val_images[0]), ".jpg")  # 480x360 = 172 800 pixels, ~40 kB
+        _assert_refused(limited, _request(jpeg), EXHAUSTED, ("480x360", "172800 pixels", "limit of 100000",
+                                                             "PRELABEL_MAX_IMAGE_PIXELS"))
+        _assert_still_serving(limited, small_camvid_png)

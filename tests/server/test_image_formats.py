@@ -1,0 +1,90 @@
+"""Every accepted input form (PNG 8/16-bit, grey, RGBA, JPEG, TIFF, BMP, WebP, raw arrays) gives a
+mask of the image's size; lossless forms of the same pixels give exactly the same mask."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from prelabel_client import PreLabelClient
+from service_support import NUM_CLASSES, encode
+
+
+def _png_with_pillow(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _palette(rgb: np.ndarray) -> Image.Image:
+    return Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+
+
+def _with_alpha(image: np.ndarray) -> np.ndarray:
+    alpha = np.random.default_rng(0).integers(0, 256, image.shape[:2], dtype=np.uint8)  # alpha is dropped
+    return np.dstack([image, alpha])
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+# name -> (image bytes or array from the RGB image, the reference it must match exactly: "rgb", "grey" or None)
+LOSSLESS_RGB = {
+    "png-16-bit": lambda rgb: encode(rgb.astype(np.uint16) * 257),
+    "png-rgba": lambda rgb: encode(_with_alpha(rgb)),
+    "tiff": lambda rgb: encode(rgb, ".tiff"),
+    "bmp": lambda rgb: encode(rgb, ".bmp"),
+    "webp-lossless": lambda rgb: encode(rgb, ".webp", cv2.IMWRITE_WEBP_QUALITY, 101),
+    "raw-rgb": lambda rgb: rgb,
+    "raw-rgba": lambda rgb: _with_alpha(rgb),
+}
+LOSSLESS_GREY = {
+    "png-grey": lambda rgb: encode(_grey(rgb)),
+    "png-grey-16-bit": lambda rgb: encode(_grey(rgb).astype(np.uint16) * 257),
+    "png-grey-alpha": lambda rgb: _png_with_pillow(Image.fromarray(_with_alpha(_grey(rgb)))),  # mode LA
+    "tiff-grey-16-bit": lambda rgb: encode(_grey(rgb).astype(np.uint16) * 257, ".tiff"),
+    "raw-grey": lambda rgb: np.ascontiguousarray(_grey(rgb)),
+}
+LOSSY = {
+    "jpeg": lambda rgb: encode(rgb, ".jpg", cv2.IMWRITE_JPEG_QUALITY, 90),
+    "jpeg-grey": lambda rgb: encode(_grey(rgb), ".jpg"),
+    "webp": lambda rgb: encode(rgb, ".webp", cv2.IMWRITE_WEBP_QUALITY, 80),
+}
+
+
+@pytest.fixture(scope="module")
+def references(onnx_client: PreLabelClient, small_camvid_rgb: np.ndarray) -> dict[str, np.ndarray]:
+    return {"rgb": onnx_client.predict(encode(small_camvid_rgb)).mask,
+            "grey": onnx_client.predict(encode(cv2.cvtColor(_grey(small_camvid_rgb), cv2.COLOR_GRAY2RGB))).mask}
+
+
+@pytest.mark.parametrize("form", LOSSLESS_RGB)
+def test_lossless_forms_of_the_rgb_image_give_its_mask(onnx_client, small_camvid_rgb, references, form: str) -> None:
+    mask = onnx_client.predict(LOSSLESS_RGB[form](small_camvid_rgb)).mask
+    np.testing.assert_array_equal(mask, references["rgb"])
+
+
+@pytest.mark.parametrize("form", LOSSLESS_GREY)
+def test_grey_forms_give_the_mask_of_the_grey_image(onnx_client, small_camvid_rgb, references, form: str) -> None:
+    mask = onnx_client.predict(LOSSLESS_GREY[form](small_camvid_rgb)).mask
+    np.testing.assert_array_equal(mask, references["grey"])
+
+
+@pytest.mark.parametrize("form", LOSSY)
+def test_lossy_forms_give_a_mask_of_the_right_size(onnx_client, small_camvid_rgb, references, form: str) -> None:
+    prediction = onnx_client.predict(LOSSY[form](small_camvid_rgb))
+    assert prediction.mask.shape == prediction.uncertainty.shape == (101, 133)
+    assert prediction.mask.max() < NUM_CLASSES
+    reference = references["grey"] if "grey" in form else references["rgb"]
+    assert (prediction.mask == reference).mean() > 0.5  # the same scene, slightly altered pixels
+
+
+def test_a_palette_png_gives_the_mask_of_its_colours(onnx_client, small_camvid_rgb) -> None:
+    palette = _palette(small_camvid_rgb)
+    mask = onnx_client.predict(_png_with_pillow(palette)).mask
+    np.testing.assert_array_equal(mask, onnx_client.predict(np.asarray(palette.convert("RGB"))).mask)
