@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prelabel_client.client import PreLabelClient
+from prelabel_models.evaluation.cli import register as add_evaluation_commands
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "camvid"
 
@@ -181,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_commands(commands)
     _add_train(commands)
-    from prelabel_models.evaluation.cli import register as add_evaluation_commands; add_evaluation_commands(commands)  # noqa: E702
+    add_evaluation_commands(commands)
     return parser
 
 

@@ -13,7 +13,7 @@ from prelabel_models.backends import create_backend
 from prelabel_models.image_files import read_label, read_rgb
 from prelabel_models.package import ModelPackage
 from prelabel_models.predictor import Predictor
-from prelabel_models.training.data import paired_files, split_folders
+from prelabel_models.image_files import paired_files, split_folders
 
 
 def open_predictor(folder: Path | str, backend: str = "torch", threads: int | None = None) -> Predictor:

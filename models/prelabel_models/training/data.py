@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
@@ -12,41 +11,9 @@ import torch
 from torch.utils.data import Dataset
 
 from prelabel_models.card import ModelCard
-from prelabel_models.image_files import IMAGE_SUFFIXES, list_images, read_label, read_rgb
+from prelabel_models.image_files import SplitFolders, paired_files, read_label, read_rgb, split_folders
 from prelabel_models.preprocessing import normalize
 
-
-
-@dataclass(frozen=True)
-class SplitFolders:
-    images: Path
-    labels: Path
-
-
-def split_folders(root: Path, split: str) -> SplitFolders:
-    """Finds a split in either CamVid's layout (``train/``, ``trainannot/``) or ``train/{images,labels}/``."""
-    root = Path(root)
-    layouts = [
-        SplitFolders(root / split, root / f"{split}annot"),
-        SplitFolders(root / split / "images", root / split / "labels"),
-    ]
-    for folders in layouts:
-        if folders.images.is_dir() and folders.labels.is_dir():
-            return folders
-    tried = ", ".join(f"{f.images} + {f.labels}" for f in layouts)
-    raise FileNotFoundError(f"no '{split}' split under {root}; expected one of: {tried}")
-
-
-def paired_files(folders: SplitFolders) -> list[tuple[Path, Path]]:
-    """(image, label) pairs matched by file stem; a missing label is an error, never skipped."""
-    labels = {p.stem: p for p in folders.labels.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    images = list_images(folders.images)
-    missing = [p.name for p in images if p.stem not in labels]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} images in {folders.images} have no label, e.g. {missing[:3]}")
-    if not images:
-        raise FileNotFoundError(f"no images in {folders.images}")
-    return [(p, labels[p.stem]) for p in images]
 
 
 def training_augmentation(crop: tuple[int, int], scale_range: tuple[float, float], jitter: float, ignore_index: int) -> A.Compose:

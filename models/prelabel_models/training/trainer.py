@@ -28,13 +28,8 @@ from prelabel_models.package import ModelPackage
 from prelabel_models.runtime import keep_freed_memory
 from prelabel_models.tiling import pad_to_multiple
 from prelabel_models.training.config import Recipe, TrainConfig
-from prelabel_models.training.data import (
-    SegmentationFolder,
-    class_frequencies,
-    paired_files,
-    split_folders,
-    training_augmentation,
-)
+from prelabel_models.image_files import paired_files, split_folders
+from prelabel_models.training.data import SegmentationFolder, class_frequencies, training_augmentation
 
 CHECKPOINT = "checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
@@ -170,15 +165,11 @@ def train(run: TrainingRun) -> dict:
     run.run_dir.mkdir(parents=True, exist_ok=True)
     state = {"epoch": 0, "best": None, "seconds": 0.0}
     checkpoint_path = run.run_dir / CHECKPOINT
+    if not run.resume and checkpoint_path.is_file():
+        raise FileExistsError(f"{run.run_dir} already holds a run: pass --resume to continue it, "
+                              "or choose another --run-dir")
     if run.resume and checkpoint_path.is_file():
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        network.load_state_dict(checkpoint["network"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        state = checkpoint["state"]
-        torch.set_rng_state(checkpoint["torch_rng"])
-        np.random.set_state(checkpoint["numpy_rng"])
-        random.setstate(checkpoint["python_rng"])
+        state = _load_checkpoint(checkpoint_path, network, optimizer, scheduler, device)
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}", file=sys.stderr)
 
     command = "prelabel " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("prelabel") else shlex.join(sys.argv)
@@ -208,10 +199,6 @@ def train(run: TrainingRun) -> dict:
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_miou": metrics["miou"],
                   "val_pixel_accuracy": metrics["pixel_accuracy"], "val_iou": metrics["iou"],
                   "lr": scheduler.get_last_lr()[0], "seconds": state["seconds"]}
-        with open(run.run_dir / METRICS_LOG, "a") as log:
-            log.write(json.dumps(record) + "\n")
-        print(f"epoch {epoch}: loss {record['train_loss']:.4f}  val mIoU {metrics['miou']:.4f}  "
-              f"pixel acc {metrics['pixel_accuracy']:.4f}  ({state['seconds'] / 60:.1f} min)", file=sys.stderr, flush=True)
         if state["best"] is None or metrics["miou"] > state["best"]["val_miou"]:
             state["best"] = {k: record[k] for k in ("epoch", "val_miou", "val_pixel_accuracy", "val_iou")}
             provenance = {"command": command, "hardware": _hardware(device), "recipe": recipe.model_dump(mode="json"),
@@ -219,9 +206,32 @@ def train(run: TrainingRun) -> dict:
                           "train_images": len(train_set), "val_images": len(val_set), "val": state["best"],
                           "init": str(run.init) if run.init else None}
             _write_package(network, card, run.out, provenance)
-        torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "state": state, "torch_rng": torch.get_rng_state(),
-                    "numpy_rng": np.random.get_state(), "python_rng": random.getstate()},
-                   run.run_dir / (CHECKPOINT + ".tmp"))
-        os.replace(run.run_dir / (CHECKPOINT + ".tmp"), checkpoint_path)
+        # Checkpoint before the log line: a crash in between loses a line, never duplicates one.
+        _save_checkpoint(checkpoint_path, network, optimizer, scheduler, state)
+        with open(run.run_dir / METRICS_LOG, "a") as log:
+            log.write(json.dumps(record) + "\n")
+        print(f"epoch {epoch}: loss {record['train_loss']:.4f}  val mIoU {metrics['miou']:.4f}  "
+              f"pixel acc {metrics['pixel_accuracy']:.4f}  ({state['seconds'] / 60:.1f} min)", file=sys.stderr, flush=True)
     return state["best"]
+
+
+def _save_checkpoint(path: Path, network: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict) -> None:
+    """Everything needed to resume exactly: weights, optimiser, schedule, progress and RNG states."""
+    partial = path.with_suffix(".tmp")
+    torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "state": state, "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}, partial)
+    os.replace(partial, path)
+
+
+def _load_checkpoint(path: Path, network: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device) -> dict:
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    network.load_state_dict(checkpoint["network"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    np.random.set_state(checkpoint["numpy_rng"])
+    random.setstate(checkpoint["python_rng"])
+    return checkpoint["state"]
