@@ -1,0 +1,85 @@
+"""The `prelabel` command against the running test server: `predict` writes a palette mask, an
+overlay, a heat map and a JSON summary per image plus a manifest, and reports what failed;
+`models` lists the repository."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from prelabel_client import PreLabelClient
+from prelabel_server.grpc_api.server import RunningServer
+from service_packages import CAMVID_CLASSES
+from service_support import NUM_CLASSES
+
+PRELABEL = str(Path(sys.executable).with_name("prelabel"))
+
+
+def _prelabel(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PRELABEL, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def predicted(onnx_server: RunningServer, camvid_val_images: list[Path], tmp_path_factory: pytest.TempPathFactory):
+    """`prelabel predict` on two CamVid images and one missing file."""
+    out = tmp_path_factory.mktemp("predict-out")
+    images = [camvid_val_images[0], out.parent / "does-not-exist.png", camvid_val_images[1]]
+    result = _prelabel("predict", *map(str, images), "--out", str(out), "--server", onnx_server.address)
+    return result, images, out
+
+
+def test_a_missing_file_is_reported_as_failed_and_the_others_are_written(predicted) -> None:
+    result, images, out = predicted
+    assert result.returncode == 1, result.stderr
+    assert "2 images pre-annotated" in result.stdout
+    assert f"FAILED {images[1]}" in result.stdout
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [entry["image"] for entry in manifest] == list(map(str, images))
+    assert "error" in manifest[1] and "does-not-exist.png" in manifest[1]["error"]
+    assert set(manifest[0]) == {"image", "mask", "overlay", "uncertainty", "summary"}
+
+
+def test_the_mask_is_a_palette_png_of_class_ids(predicted, onnx_client: PreLabelClient) -> None:
+    _, images, out = predicted
+    with Image.open(out / f"{images[0].stem}_mask.png") as png:
+        assert png.mode == "P" and png.size == (480, 360)
+        mask = np.asarray(png)
+        palette = png.getpalette()[: 3 * NUM_CLASSES]
+    assert mask.max() < NUM_CLASSES
+    assert [tuple(palette[i: i + 3]) for i in range(0, len(palette), 3)] == [c for _, c in CAMVID_CLASSES]
+    np.testing.assert_array_equal(mask, onnx_client.predict(images[0]).mask)  # what the API returns
+
+
+def test_overlay_heat_map_and_summary_are_written(predicted) -> None:
+    _, images, out = predicted
+    for image in (images[0], images[2]):
+        with Image.open(out / f"{image.stem}_overlay.png") as overlay, Image.open(image) as original:
+            assert overlay.mode == "RGB" and overlay.size == original.size
+            assert not np.array_equal(np.asarray(overlay), np.asarray(original.convert("RGB")))
+        with Image.open(out / f"{image.stem}_uncertainty.png") as heat:
+            assert heat.mode == "RGB" and heat.size == (480, 360)
+        summary = json.loads((out / f"{image.stem}.json").read_text())
+        assert (summary["model"], summary["backend"]) == ("deeplab", "onnx")
+        shares = [c["pixel_fraction"] for c in summary["summary"]["classes"]]
+        assert len(shares) == NUM_CLASSES and sum(shares) == pytest.approx(1, abs=1e-4)
+        assert 0 <= summary["summary"]["mean_uncertainty"] <= 1
+        assert set(summary["files"]) == {"mask", "overlay", "uncertainty"}
+    assert not (out / "does-not-exist_mask.png").exists()
+
+
+def test_models_lists_the_repository(onnx_server: RunningServer) -> None:
+    result = _prelabel("models", "--server", onnx_server.address)
+    assert result.returncode == 0, result.stderr
+    rows = (re.match(r"([* ]) (\S+) +v", line) for line in result.stdout.splitlines())
+    lines = {row[2]: row.string for row in rows if row}  # one row per model; "*" marks the default
+    assert sorted(lines) == ["broken", "broken-card", "deeplab", "unet", "unet-tile1024"]
+    assert lines["deeplab"].startswith("*") and "DeepLabV3Plus/resnet18" in lines["deeplab"]
+    assert "ready" in lines["unet"] and "onnx" in lines["unet"] and "11 classes" in lines["unet"]
+    assert "failed" in lines["broken"] and "missing.onnx" in lines["broken"]
