@@ -16,6 +16,8 @@ from pathlib import Path
 from prelabel_client.client import PreLabelClient
 from prelabel_models.evaluation.cli import register as add_evaluation_commands
 
+MEASURES = ["entropy", "margin", "least_confidence", "mc_entropy", "mutual_information", "mc_variance",
+            "tta_entropy", "tta_disagreement"]
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "camvid"
 
 Handler = Callable[[argparse.Namespace], int]
@@ -157,7 +159,7 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("images", nargs="+", type=Path, help="image files")
     predict.add_argument("--out", type=Path, required=True, help="folder for masks, overlays, heat maps, summaries")
     predict.add_argument("--model", default="", help="model name (default: the server's default model)")
-    predict.add_argument("--measure", default="entropy", choices=["entropy", "margin", "least_confidence"])
+    predict.add_argument("--measure", default="entropy", choices=MEASURES, help="uncertainty measure (default entropy)")
     _add_client_options(predict)
     predict.set_defaults(handler=_predict)
 

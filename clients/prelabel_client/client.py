@@ -26,8 +26,8 @@ from prelabel_proto.errors import InvalidInput, PrelabelError, error_for_code
 ImageInput = Union[str, Path, bytes, np.ndarray]
 
 _OUTPUT_ENUMS = {"mask": pb.OUTPUT_MASK, "uncertainty": pb.OUTPUT_UNCERTAINTY, "probabilities": pb.OUTPUT_PROBABILITIES}
-_MEASURE_ENUMS = {"entropy": pb.UNCERTAINTY_MEASURE_ENTROPY, "margin": pb.UNCERTAINTY_MEASURE_MARGIN,
-                  "least_confidence": pb.UNCERTAINTY_MEASURE_LEAST_CONFIDENCE}
+_MEASURE_ENUMS = {name.removeprefix("UNCERTAINTY_MEASURE_").lower(): value
+                  for name, value in pb.UncertaintyMeasure.items() if value != pb.UNCERTAINTY_MEASURE_UNSPECIFIED}
 _FORMAT_ENUMS = {"png_uint8": pb.ARRAY_FORMAT_PNG_UINT8, "png_uint16": pb.ARRAY_FORMAT_PNG_UINT16,
                  "raw_uint8": pb.ARRAY_FORMAT_RAW_UINT8, "raw_float16": pb.ARRAY_FORMAT_RAW_FLOAT16}
 
@@ -99,15 +99,18 @@ class PreLabelClient:
     def request(self, image: ImageInput, *, model: str = "", model_version: str = "",
                 outputs: Iterable[str] = ("mask", "uncertainty"), measure: str = "entropy",
                 mask_format: str = "png_uint8", uncertainty_format: str = "png_uint8",
-                probabilities_format: str = "raw_float16", uncertainty_threshold: float | None = None) -> pb.PredictRequest:
+                probabilities_format: str = "raw_float16", uncertainty_threshold: float | None = None,
+                mc_samples: int | None = None, mc_seed: int = 0) -> pb.PredictRequest:
         """Builds the PredictRequest that ``predict`` sends (useful to send many alike)."""
         message = pb.PredictRequest(
             model=model, model_version=model_version, image=image_message(image),
             outputs=[_OUTPUT_ENUMS[o] for o in outputs], uncertainty_measure=_MEASURE_ENUMS[measure],
             mask_format=_FORMAT_ENUMS[mask_format], uncertainty_format=_FORMAT_ENUMS[uncertainty_format],
-            probabilities_format=_FORMAT_ENUMS[probabilities_format])
+            probabilities_format=_FORMAT_ENUMS[probabilities_format], mc_seed=mc_seed)
         if uncertainty_threshold is not None:
             message.uncertainty_threshold = uncertainty_threshold
+        if mc_samples is not None:
+            message.mc_samples = mc_samples
         return message
 
     def predict(self, image: ImageInput, *, timeout: float | None = None, **options: object) -> Prediction:

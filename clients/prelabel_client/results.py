@@ -12,8 +12,8 @@ from PIL import Image
 from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto.errors import PrelabelError
 
-_MEASURE_NAMES = {pb.UNCERTAINTY_MEASURE_ENTROPY: "entropy", pb.UNCERTAINTY_MEASURE_MARGIN: "margin",
-                  pb.UNCERTAINTY_MEASURE_LEAST_CONFIDENCE: "least_confidence"}
+_MEASURE_NAMES = {value: name.removeprefix("UNCERTAINTY_MEASURE_").lower()
+                  for name, value in pb.UncertaintyMeasure.items()}
 
 
 @dataclass(frozen=True)

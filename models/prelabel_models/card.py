@@ -64,6 +64,8 @@ class ModelCard(BaseModel):
     head_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout before the segmentation head.")
     weights: str = "model.safetensors"
     onnx: str = "model.onnx"
+    trunk_onnx: str = Field(default="model.trunk.onnx", description="Encoder + decoder, for MC dropout (written by export).")
+    head_onnx: str = Field(default="model.head.onnx", description="Head with an explicit dropout mask input (written by export).")
     provenance: dict[str, Any] = Field(default_factory=dict, description="How it was trained and what it scored.")
 
     @model_validator(mode="after")

@@ -43,6 +43,33 @@ class SegmentationNetwork(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
 
+    def masked_head(self, features: torch.Tensor, dropout_mask: torch.Tensor) -> torch.Tensor:
+        """The head with dropout given as an explicit mask (0 or 1/(1-p) per element): MC-dropout
+        samples are then reproducible, and identical on every backend for the same mask."""
+        return self.smp_model.segmentation_head(features * dropout_mask)
+
+
+class TrunkGraph(nn.Module):
+    """Images → decoder features: what MC dropout runs once per image."""
+
+    def __init__(self, network: SegmentationNetwork) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.features(images)
+
+
+class MaskedHeadGraph(nn.Module):
+    """(features, dropout mask) → logits: what MC dropout runs once per sample."""
+
+    def __init__(self, network: SegmentationNetwork) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, features: torch.Tensor, dropout_mask: torch.Tensor) -> torch.Tensor:
+        return self.network.masked_head(features, dropout_mask)
+
 
 def build_network(card: ModelCard) -> SegmentationNetwork:
     """A randomly initialised network for ``card`` (never downloads encoder weights)."""

@@ -38,6 +38,14 @@ class ModelPackage:
     def onnx_path(self) -> Path:
         return self.folder / self.card.onnx
 
+    @property
+    def trunk_onnx_path(self) -> Path:
+        return self.folder / self.card.trunk_onnx
+
+    @property
+    def head_onnx_path(self) -> Path:
+        return self.folder / self.card.head_onnx
+
 
 def find_packages(repository: Path | str) -> list[Path]:
     """Folders directly inside ``repository`` that hold a model card, sorted by name."""

@@ -6,12 +6,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import groupby
 
+import cv2
 import numpy as np
 
 from prelabel_models.backends import Backend
 from prelabel_models.card import ModelCard
+from prelabel_models.epistemic import dropout_masks
 from prelabel_models.preprocessing import normalize
 from prelabel_models.tiling import Tile, blend_weights, pad_to_multiple, plan_tiles
+
+
+TTA_SCALES = (0.75, 1.0, 1.25)
 
 
 class Predictor:
@@ -47,6 +52,29 @@ class Predictor:
         batch = np.stack([self._input(pad_to_common(im, height, width), stride) for im in images])
         logits = self.backend.run(batch)
         return [logits[i, :, : im.shape[0], : im.shape[1]] for i, im in enumerate(images)]
+
+    def mc_dropout_logits(self, image: np.ndarray, samples: int, seed: int = 0) -> np.ndarray:
+        """(samples, classes, H, W) logits of MC-dropout samples. The encoder and decoder run once;
+        only the head runs per sample, with explicit dropout masks (same seed, same samples)."""
+        if self.card.head_dropout <= 0:
+            raise ValueError(f"model {self.card.name!r} has no head dropout (head_dropout = 0): MC dropout needs it")
+        height, width = image.shape[:2]
+        features = self.backend.features(self._input(image, self.card.output_stride)[None])
+        masks = dropout_masks(samples, features.shape[1:], self.card.head_dropout, seed)
+        logits = self.backend.head(np.repeat(features, samples, axis=0), masks)
+        return logits[:, :, :height, :width]
+
+    def tta_logits(self, image: np.ndarray, scales: tuple[float, ...] = TTA_SCALES) -> np.ndarray:
+        """(2 x len(scales), classes, H, W): each scale, plain and mirrored, mapped back to the image."""
+        height, width = image.shape[:2]
+        outputs = []
+        for scale in scales:
+            scaled = image if scale == 1 else cv2.resize(image, (round(width * scale), round(height * scale)),
+                                                         interpolation=cv2.INTER_LINEAR)
+            plain, mirrored = self.logits_batch([scaled, np.ascontiguousarray(scaled[:, ::-1])])
+            for logits in (plain, mirrored[:, :, ::-1]):
+                outputs.append(logits if scale == 1 else _resize_logits(logits, height, width))
+        return np.stack(outputs)
 
     def _input(self, image: np.ndarray, stride: int) -> np.ndarray:
         return normalize(pad_to_multiple(image, stride), self.card.normalization)
@@ -110,6 +138,12 @@ class _Band:
             yield slice(self.top, self.top + visible), self.logits[:, :visible, :width] / self.weights[:visible, :width]
         self.logits, self.weights = self.logits[:, done:], self.weights[done:]
         self.top += done
+
+
+def _resize_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    channels_last = np.ascontiguousarray(logits.transpose(1, 2, 0))
+    resized = cv2.resize(channels_last, (width, height), interpolation=cv2.INTER_LINEAR)
+    return resized.reshape(height, width, -1).transpose(2, 0, 1)
 
 
 def pad_to_common(image: np.ndarray, height: int, width: int) -> np.ndarray:

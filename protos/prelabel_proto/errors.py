@@ -44,6 +44,12 @@ class ModelUnavailable(PrelabelError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class FailedPrecondition(PrelabelError):
+    """The request is valid but the model cannot do it as deployed (e.g. a missing exported graph)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class DeadlineExceeded(PrelabelError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -64,7 +70,7 @@ class InternalError(PrelabelError):
 
 _ERROR_BY_CODE: dict[grpc.StatusCode, type[PrelabelError]] = {
     cls.code: cls
-    for cls in (InvalidInput, ModelNotFound, ResourceExhausted, ModelUnavailable, DeadlineExceeded,
+    for cls in (InvalidInput, ModelNotFound, ResourceExhausted, ModelUnavailable, FailedPrecondition, DeadlineExceeded,
                 Cancelled, Unauthenticated, InternalError)
 }
 _CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prelabel_models.postprocessing import SegmentationMaps, segment_bands, segment_maps, summarize
+from prelabel_models.epistemic import MC_MEASURES, SAMPLED_MEASURES
+from prelabel_models.package import ModelPackageError
+from prelabel_models.postprocessing import SegmentationMaps, maps_from_samples, segment_bands, segment_maps, summarize
 from prelabel_models.uncertainty import UNCERTAINTY_MEASURES
-from prelabel_proto.errors import InvalidInput, PrelabelError
+from prelabel_proto.errors import FailedPrecondition, InvalidInput, PrelabelError
 from prelabel_server import encoding, metrics
 from prelabel_server.batching import CallerGone
 from prelabel_server.imaging import decode_image, raw_image
@@ -80,7 +82,9 @@ class Engine:
         served = self.registry.ready(request.model, request.model_version)
         image = self._decode(request)
         decoded = time.perf_counter()
-        if served.predictor.needs_tiling(*image.shape[:2]):
+        if request.measure in SAMPLED_MEASURES:
+            maps, inference = self._segment_sampled(served, image, request)
+        elif served.predictor.needs_tiling(*image.shape[:2]):
             maps, inference = self._segment_tiled(served, image, request)
         else:
             inference = self._infer(served, image, caller_gone)
@@ -112,12 +116,40 @@ class Engine:
                                  request.measure, keep_probabilities="probabilities" in request.outputs)
         return maps, inference
 
+    @staticmethod
+    def _segment_sampled(served: ServedModel, image: np.ndarray, request: SegmentRequest) -> tuple[SegmentationMaps, _Inference]:
+        """MC dropout or test-time augmentation: several predictions of one image, run alone."""
+        card, predictor = served.card, served.predictor
+        height, width = image.shape[:2]
+        if predictor.needs_tiling(height, width):
+            raise InvalidInput(f"{request.measure} works on images up to {card.tile_size} pixels a side; this one is "
+                               f"{width}x{height}: use entropy, margin or least_confidence for large images")
+        if request.measure in MC_MEASURES and card.head_dropout <= 0:
+            raise InvalidInput(f"model {card.name!r} has no head dropout, so {request.measure} is not available")
+        if not 2 <= request.mc_samples <= 64:
+            raise InvalidInput(f"mc_samples must be 2..64, got {request.mc_samples}")
+        lock = served.batcher.exclusive() if served.batcher is not None else contextlib.nullcontext()
+        started = time.perf_counter()
+        try:
+            with lock:
+                if request.measure in MC_MEASURES:
+                    samples = predictor.mc_dropout_logits(image, request.mc_samples, request.mc_seed)
+                else:
+                    samples = predictor.tta_logits(image)
+        except ModelPackageError as exc:
+            raise FailedPrecondition(str(exc)) from None
+        inference = _Inference(None, seconds=time.perf_counter() - started)
+        maps = maps_from_samples(samples, card.temperature, request.measure,
+                                 keep_probabilities="probabilities" in request.outputs)
+        return maps, inference
+
     def _validate(self, request: SegmentRequest) -> None:
         unknown = set(request.outputs) - set(OUTPUTS)
         if unknown or not request.outputs:
             raise InvalidInput(f"unknown outputs {sorted(unknown)}: choose from {list(OUTPUTS)}")
-        if request.measure not in UNCERTAINTY_MEASURES:
-            raise InvalidInput(f"unknown uncertainty measure {request.measure!r}: choose from {sorted(UNCERTAINTY_MEASURES)}")
+        if request.measure not in UNCERTAINTY_MEASURES and request.measure not in SAMPLED_MEASURES:
+            raise InvalidInput(f"unknown uncertainty measure {request.measure!r}: choose from "
+                               f"{sorted(UNCERTAINTY_MEASURES) + list(SAMPLED_MEASURES)}")
         if not 0.0 < request.uncertainty_threshold < 1.0:
             raise InvalidInput(f"uncertainty_threshold must be in (0, 1), got {request.uncertainty_threshold}")
         encoding.check_format("mask", request.mask_format)

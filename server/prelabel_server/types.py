@@ -32,6 +32,8 @@ class SegmentRequest:
     uncertainty_format: str = "png_uint8"
     probabilities_format: str = "raw_float16"
     uncertainty_threshold: float = 0.5
+    mc_samples: int = 8
+    mc_seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,12 @@ class Backend(Protocol):
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """Images → decoder features (N, F, h, w): the deterministic part, run once for MC dropout."""
+
+    def head(self, features: np.ndarray, dropout_mask: np.ndarray) -> np.ndarray:
+        """Features x explicit dropout mask → logits (N, classes, H, W)."""
+
 
 def gpu_visible() -> bool:
     """Whether a CUDA device is visible, decided without importing torch."""

@@ -9,6 +9,8 @@ from prelabel_models.package import ModelPackage, ModelPackageError
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+FEATURES_NAME = "features"
+MASK_NAME = "dropout_mask"
 
 
 class OnnxBackend:
@@ -23,12 +25,36 @@ class OnnxBackend:
         missing = set(providers) - set(ort.get_available_providers())
         if missing:
             raise ModelPackageError(f"device {device!r} needs {sorted(missing)}, which this onnxruntime lacks")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._options = ort.SessionOptions()
+        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(package.onnx_path), options, providers=providers)
+            self._options.intra_op_num_threads = threads
+        self._providers = providers
+        self._package = package
+        self.session = ort.InferenceSession(str(package.onnx_path), self._options, providers=providers)
         self.device = device
+        self._split_sessions: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        trunk, _ = self._split()
+        return trunk.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    def head(self, features: np.ndarray, dropout_mask: np.ndarray) -> np.ndarray:
+        _, head = self._split()
+        return head.run([OUTPUT_NAME], {FEATURES_NAME: np.ascontiguousarray(features, dtype=np.float32),
+                                        MASK_NAME: np.ascontiguousarray(dropout_mask, dtype=np.float32)})[0]
+
+    def _split(self) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+        """The trunk and masked-head graphs, loaded on first use (only MC dropout needs them)."""
+        if self._split_sessions is None:
+            paths = (self._package.trunk_onnx_path, self._package.head_onnx_path)
+            missing = [str(p) for p in paths if not p.is_file()]
+            if missing:
+                raise ModelPackageError(f"MC dropout needs {missing}: run `prelabel export {self._package.folder}` "
+                                        "(written for models with head_dropout > 0)")
+            self._split_sessions = tuple(ort.InferenceSession(str(p), self._options, providers=self._providers)
+                                         for p in paths)
+        return self._split_sessions

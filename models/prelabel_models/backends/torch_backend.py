@@ -27,6 +27,19 @@ class TorchBackend:
         self.network = network.to(self.device, memory_format=torch.channels_last)
 
     @torch.inference_mode()
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        images = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+            return self.network.features(images).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def head(self, features: np.ndarray, dropout_mask: np.ndarray) -> np.ndarray:
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+            logits = self.network.masked_head(torch.from_numpy(features).to(self.device),
+                                              torch.from_numpy(dropout_mask).to(self.device))
+        return logits.float().cpu().numpy()
+
+    @torch.inference_mode()
     def run(self, batch: np.ndarray) -> np.ndarray:
         images = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):

@@ -8,9 +8,12 @@ from prelabel_server.types import DEFAULT_OUTPUTS, EncodedArray, ModelStatus, Ra
 
 _OUTPUTS = {pb.OUTPUT_MASK: "mask", pb.OUTPUT_UNCERTAINTY: "uncertainty", pb.OUTPUT_PROBABILITIES: "probabilities"}
 _MEASURES = {pb.UNCERTAINTY_MEASURE_UNSPECIFIED: "entropy", pb.UNCERTAINTY_MEASURE_ENTROPY: "entropy",
-             pb.UNCERTAINTY_MEASURE_MARGIN: "margin", pb.UNCERTAINTY_MEASURE_LEAST_CONFIDENCE: "least_confidence"}
-_MEASURE_ENUMS = {"entropy": pb.UNCERTAINTY_MEASURE_ENTROPY, "margin": pb.UNCERTAINTY_MEASURE_MARGIN,
-                  "least_confidence": pb.UNCERTAINTY_MEASURE_LEAST_CONFIDENCE}
+             pb.UNCERTAINTY_MEASURE_MARGIN: "margin", pb.UNCERTAINTY_MEASURE_LEAST_CONFIDENCE: "least_confidence",
+             pb.UNCERTAINTY_MEASURE_MC_ENTROPY: "mc_entropy",
+             pb.UNCERTAINTY_MEASURE_MUTUAL_INFORMATION: "mutual_information",
+             pb.UNCERTAINTY_MEASURE_MC_VARIANCE: "mc_variance", pb.UNCERTAINTY_MEASURE_TTA_ENTROPY: "tta_entropy",
+             pb.UNCERTAINTY_MEASURE_TTA_DISAGREEMENT: "tta_disagreement"}
+_MEASURE_ENUMS = {name: value for value, name in _MEASURES.items() if value != pb.UNCERTAINTY_MEASURE_UNSPECIFIED}
 _FORMATS = {pb.ARRAY_FORMAT_PNG_UINT8: "png_uint8", pb.ARRAY_FORMAT_PNG_UINT16: "png_uint16",
             pb.ARRAY_FORMAT_RAW_UINT8: "raw_uint8", pb.ARRAY_FORMAT_RAW_FLOAT16: "raw_float16"}
 _FORMAT_ENUMS = {name: value for value, name in _FORMATS.items()}
@@ -54,6 +57,8 @@ def segment_request(message: pb.PredictRequest) -> SegmentRequest:
         uncertainty_format=_format(message.uncertainty_format, "png_uint8", "uncertainty_format"),
         probabilities_format=_format(message.probabilities_format, "raw_float16", "probabilities_format"),
         uncertainty_threshold=message.uncertainty_threshold if message.HasField("uncertainty_threshold") else 0.5,
+        mc_samples=message.mc_samples if message.HasField("mc_samples") else 8,
+        mc_seed=message.mc_seed,
     )
 
 

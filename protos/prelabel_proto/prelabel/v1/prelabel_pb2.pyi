@@ -20,6 +20,11 @@ class UncertaintyMeasure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNCERTAINTY_MEASURE_ENTROPY: _ClassVar[UncertaintyMeasure]
     UNCERTAINTY_MEASURE_MARGIN: _ClassVar[UncertaintyMeasure]
     UNCERTAINTY_MEASURE_LEAST_CONFIDENCE: _ClassVar[UncertaintyMeasure]
+    UNCERTAINTY_MEASURE_MC_ENTROPY: _ClassVar[UncertaintyMeasure]
+    UNCERTAINTY_MEASURE_MUTUAL_INFORMATION: _ClassVar[UncertaintyMeasure]
+    UNCERTAINTY_MEASURE_MC_VARIANCE: _ClassVar[UncertaintyMeasure]
+    UNCERTAINTY_MEASURE_TTA_ENTROPY: _ClassVar[UncertaintyMeasure]
+    UNCERTAINTY_MEASURE_TTA_DISAGREEMENT: _ClassVar[UncertaintyMeasure]
 
 class ArrayFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -43,6 +48,11 @@ UNCERTAINTY_MEASURE_UNSPECIFIED: UncertaintyMeasure
 UNCERTAINTY_MEASURE_ENTROPY: UncertaintyMeasure
 UNCERTAINTY_MEASURE_MARGIN: UncertaintyMeasure
 UNCERTAINTY_MEASURE_LEAST_CONFIDENCE: UncertaintyMeasure
+UNCERTAINTY_MEASURE_MC_ENTROPY: UncertaintyMeasure
+UNCERTAINTY_MEASURE_MUTUAL_INFORMATION: UncertaintyMeasure
+UNCERTAINTY_MEASURE_MC_VARIANCE: UncertaintyMeasure
+UNCERTAINTY_MEASURE_TTA_ENTROPY: UncertaintyMeasure
+UNCERTAINTY_MEASURE_TTA_DISAGREEMENT: UncertaintyMeasure
 ARRAY_FORMAT_UNSPECIFIED: ArrayFormat
 ARRAY_FORMAT_PNG_UINT8: ArrayFormat
 ARRAY_FORMAT_PNG_UINT16: ArrayFormat
@@ -74,7 +84,7 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "model_version", "image", "outputs", "uncertainty_measure", "mask_format", "uncertainty_format", "probabilities_format", "uncertainty_threshold")
+    __slots__ = ("model", "model_version", "image", "outputs", "uncertainty_measure", "mask_format", "uncertainty_format", "probabilities_format", "uncertainty_threshold", "mc_samples", "mc_seed")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +94,8 @@ class PredictRequest(_message.Message):
     UNCERTAINTY_FORMAT_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FORMAT_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MC_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MC_SEED_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: str
     image: Image
@@ -93,7 +105,9 @@ class PredictRequest(_message.Message):
     uncertainty_format: ArrayFormat
     probabilities_format: ArrayFormat
     uncertainty_threshold: float
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[Output, str]]] = ..., uncertainty_measure: _Optional[_Union[UncertaintyMeasure, str]] = ..., mask_format: _Optional[_Union[ArrayFormat, str]] = ..., uncertainty_format: _Optional[_Union[ArrayFormat, str]] = ..., probabilities_format: _Optional[_Union[ArrayFormat, str]] = ..., uncertainty_threshold: _Optional[float] = ...) -> None: ...
+    mc_samples: int
+    mc_seed: int
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[Output, str]]] = ..., uncertainty_measure: _Optional[_Union[UncertaintyMeasure, str]] = ..., mask_format: _Optional[_Union[ArrayFormat, str]] = ..., uncertainty_format: _Optional[_Union[ArrayFormat, str]] = ..., probabilities_format: _Optional[_Union[ArrayFormat, str]] = ..., uncertainty_threshold: _Optional[float] = ..., mc_samples: _Optional[int] = ..., mc_seed: _Optional[int] = ...) -> None: ...
 
 class EncodedArray(_message.Message):
     __slots__ = ("data", "format", "shape")

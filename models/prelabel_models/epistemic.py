@@ -1,0 +1,68 @@
+"""Epistemic uncertainty from several stochastic predictions of one image: MC dropout samples
+or test-time augmentations. Pure numpy; every map is normalised to [0, 1].
+
+Arrays: sample logits (S, C, H, W) → per-pixel maps (H, W).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from prelabel_models.uncertainty import normalized_entropy, softmax
+
+MC_MEASURES = ("mc_entropy", "mutual_information", "mc_variance")
+TTA_MEASURES = ("tta_entropy", "tta_disagreement")
+SAMPLED_MEASURES = MC_MEASURES + TTA_MEASURES
+
+
+def dropout_masks(samples: int, shape: tuple[int, ...], rate: float, seed: int) -> np.ndarray:
+    """``samples`` inverted-dropout masks: each element 0 with probability ``rate``, else 1/(1-rate)."""
+    if not 0 < rate < 1:
+        raise ValueError(f"dropout rate must be in (0, 1), got {rate}")
+    keep = np.random.default_rng(seed).random((samples, *shape), dtype=np.float32) >= rate
+    return keep.astype(np.float32) / np.float32(1.0 - rate)
+
+
+@dataclass(frozen=True)
+class SampleStatistics:
+    mean_probabilities: np.ndarray   # (C, H, W)
+    predictive_entropy: np.ndarray   # H[mean p] / log C
+    mutual_information: np.ndarray   # (H[mean p] - mean H[p]) / log C: BALD, the epistemic part
+    variance: np.ndarray             # 4 x variance over samples of the chosen class's probability
+    disagreement: np.ndarray         # share of samples whose class differs from the consensus
+
+
+def sample_statistics(sample_logits: np.ndarray, temperature: float = 1.0) -> SampleStatistics:
+    probabilities = np.stack([softmax(logits, temperature) for logits in sample_logits])
+    mean = probabilities.mean(axis=0)
+    entropy = normalized_entropy(mean)
+    expected_entropy = np.mean([normalized_entropy(p) for p in probabilities], axis=0)
+    consensus = mean.argmax(axis=0)
+    chosen = np.take_along_axis(probabilities, consensus[None, None], axis=1)[:, 0]
+    disagreement = (probabilities.argmax(axis=1) != consensus[None]).mean(axis=0)
+    return SampleStatistics(
+        mean_probabilities=mean,
+        predictive_entropy=entropy,
+        mutual_information=np.clip(entropy - expected_entropy, 0.0, 1.0),
+        variance=np.clip(4.0 * chosen.var(axis=0), 0.0, 1.0),
+        disagreement=disagreement.astype(np.float32),
+    )
+
+
+_MAP_OF_MEASURE: dict[str, Callable[[SampleStatistics], np.ndarray]] = {
+    "mc_entropy": lambda s: s.predictive_entropy,
+    "mutual_information": lambda s: s.mutual_information,
+    "mc_variance": lambda s: s.variance,
+    "tta_entropy": lambda s: s.predictive_entropy,
+    "tta_disagreement": lambda s: s.disagreement,
+}
+
+
+def measure_map(statistics: SampleStatistics, measure: str) -> np.ndarray:
+    try:
+        return _MAP_OF_MEASURE[measure](statistics).astype(np.float32)
+    except KeyError:
+        raise ValueError(f"unknown sampled measure {measure!r}; choose one of {list(SAMPLED_MEASURES)}") from None

@@ -1,0 +1,83 @@
+"""Epistemic uncertainty: MC dropout (encoder once, head per sample) and test-time augmentation,
+on both backends, and the sample statistics on hand-checked cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prelabel_models import ModelPackage
+from prelabel_models.backends import create_backend
+from prelabel_models.epistemic import MC_MEASURES, dropout_masks, measure_map, sample_statistics
+from prelabel_models.image_files import list_images, read_rgb
+from prelabel_models.postprocessing import maps_from_samples, segment_maps
+from prelabel_models.predictor import Predictor
+from service_packages import build_package, camvid_card
+
+
+def test_dropout_masks_are_inverted_and_seeded():
+    masks = dropout_masks(4, (8, 16, 16), rate=0.25, seed=3)
+    assert np.unique(masks).tolist() == pytest.approx([0.0, 1 / 0.75])
+    assert abs((masks == 0).mean() - 0.25) < 0.03
+    assert np.array_equal(masks, dropout_masks(4, (8, 16, 16), rate=0.25, seed=3))
+    assert not np.array_equal(masks, dropout_masks(4, (8, 16, 16), rate=0.25, seed=4))
+
+
+def test_sample_statistics_on_hand_checked_cases():
+    sure, other = np.array([20.0, -20.0]), np.array([-20.0, 20.0])
+    # pixel 0: both samples say class 0; pixel 1: the samples contradict each other.
+    logits = np.stack([np.stack([sure, sure], axis=1), np.stack([sure, other], axis=1)])[:, :, None, :]
+    stats = sample_statistics(logits.astype(np.float32))
+    assert stats.predictive_entropy[0].tolist() == pytest.approx([0.0, 1.0], abs=1e-4)
+    assert stats.mutual_information[0].tolist() == pytest.approx([0.0, 1.0], abs=1e-4)  # all epistemic
+    assert stats.disagreement[0].tolist() == pytest.approx([0.0, 0.5])
+    assert stats.variance[0].tolist() == pytest.approx([0.0, 1.0], abs=1e-4)
+    # Agreeing but individually unsure samples: high entropy, no mutual information.
+    unsure = np.zeros((3, 2, 1, 1), np.float32)
+    agreeing = sample_statistics(unsure)
+    assert agreeing.predictive_entropy.item() == pytest.approx(1.0)
+    assert agreeing.mutual_information.item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="choose one of"):
+        measure_map(agreeing, "nope")
+
+
+@pytest.fixture(scope="module")
+def dropout_package(tmp_path_factory: pytest.TempPathFactory, camvid_root: Path) -> ModelPackage:
+    card = camvid_card("mc", "DeepLabV3Plus", "resnet18", output_stride=16, head_dropout=0.3)
+    return build_package(tmp_path_factory.mktemp("mc") / "mc", card, list_images(camvid_root / "val")[:2])
+
+
+@pytest.fixture(scope="module")
+def image(camvid_root: Path) -> np.ndarray:
+    return read_rgb(list_images(camvid_root / "val")[5])[:224, :320]
+
+
+def test_export_writes_trunk_and_masked_head(dropout_package):
+    assert dropout_package.trunk_onnx_path.is_file() and dropout_package.head_onnx_path.is_file()
+
+
+def test_mc_dropout_agrees_across_backends_for_fixed_masks(dropout_package, image):
+    samples = {name: Predictor(dropout_package.card, create_backend(name, dropout_package)).mc_dropout_logits(image, 6, seed=7)
+               for name in ("torch", "onnx")}
+    assert samples["torch"].shape == (6, 11, *image.shape[:2])
+    assert np.abs(samples["torch"] - samples["onnx"]).max() < 1e-2
+    torch_stats, onnx_stats = sample_statistics(samples["torch"]), sample_statistics(samples["onnx"])
+    assert np.abs(torch_stats.mutual_information - onnx_stats.mutual_information).max() < 1e-3
+    assert not np.allclose(samples["torch"][0], samples["torch"][1]), "samples did not vary"
+
+
+@pytest.mark.parametrize("measure", ["mc_entropy", "mutual_information", "mc_variance", "tta_entropy", "tta_disagreement"])
+def test_sampled_maps_are_finite_in_unit_range_and_differ_from_single_pass(dropout_package, image, measure):
+    predictor = Predictor(dropout_package.card, create_backend("onnx", dropout_package))
+    samples = predictor.mc_dropout_logits(image, 8) if measure in MC_MEASURES else predictor.tta_logits(image)
+    maps = maps_from_samples(samples, 1.0, measure)
+    single = segment_maps(predictor.logits(image))
+    assert maps.uncertainty.shape == image.shape[:2] and maps.mask.shape == image.shape[:2]
+    assert np.isfinite(maps.uncertainty).all()
+    assert 0.0 <= maps.uncertainty.min() and maps.uncertainty.max() <= 1.0
+    assert maps.uncertainty.max() > 0
+    assert np.abs(maps.uncertainty - single.uncertainty).mean() > 1e-3
+    if measure in MC_MEASURES:  # same trunk, only the head varies: the mean stays close to one pass
+        assert (maps.mask == single.mask).mean() > 0.5
