@@ -111,6 +111,13 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reload(args: argparse.Namespace) -> int:
+    with PreLabelClient(args.server, timeout=args.timeout, token=args.token) as client:
+        info, previous = client.reload_model(args.name)
+    print(f"{info.name}: version {previous or '-'} -> {info.version} ({info.state} on {info.backend}, {info.device})")
+    return 0
+
+
 @_needs("server")
 def _export(args: argparse.Namespace) -> int:
     from prelabel_models.export import export_and_check
@@ -166,6 +173,11 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="list the server's models")
     _add_client_options(models)
     models.set_defaults(handler=_models)
+
+    reload = commands.add_parser("reload", help="load a model package again and swap it in (new version)")
+    reload.add_argument("name", help="model name")
+    _add_client_options(reload)
+    reload.set_defaults(handler=_reload)
 
     export = commands.add_parser("export", help="write a package's ONNX file and check it against PyTorch")
     export.add_argument("package", type=Path, help="model package folder")

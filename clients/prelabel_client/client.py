@@ -69,8 +69,9 @@ class PreLabelClient:
                  root_certificates: bytes | None = None, token: str | None = None,
                  max_message_bytes: int = 64 * 1024 * 1024) -> None:
         options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.enable_retries", 1), ("grpc.service_config", _retry_service_config(retries + 1))]
+                   ("grpc.max_send_message_length", max_message_bytes), ("grpc.enable_retries", int(retries > 0))]
+        if retries > 0:  # gRPC refuses a retry policy of fewer than 2 attempts: no policy at all then
+            options.append(("grpc.service_config", _retry_service_config(retries + 1)))
         if tls or root_certificates:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
             self._channel = grpc.secure_channel(target, credentials, options=options)
@@ -186,6 +187,12 @@ class PreLabelClient:
     def model(self, name: str = "", timeout: float | None = None) -> ModelInfo:
         """One model's description; the default model when ``name`` is empty."""
         return model_info_from_message(self._call(self._stub.GetModel, pb.GetModelRequest(name=name), timeout).model)
+
+    def reload_model(self, name: str, timeout: float | None = None) -> tuple[ModelInfo, str]:
+        """Asks the server to load model ``name`` again (e.g. after fine-tuning); returns the model
+        now serving and the version it replaced."""
+        response = self._call(self._stub.ReloadModel, pb.ReloadModelRequest(name=name), timeout)
+        return model_info_from_message(response.model), response.previous_version
 
     def _call(self, method, message, timeout: float | None):
         try:

@@ -22,12 +22,17 @@ import numpy as np
 
 from prelabel_models.predictor import Predictor
 from prelabel_models.tiling import padded_size
-from prelabel_proto.errors import Cancelled, ResourceExhausted
+from prelabel_proto.errors import Cancelled, ModelUnavailable, ResourceExhausted
 from prelabel_server import metrics
 
 log = logging.getLogger(__name__)
 
 CallerGone = Callable[[], bool]
+
+
+class ModelRetired(ModelUnavailable):
+    """The batcher's model was replaced (hot reload) or the server is stopping: ask the registry
+    for the current model and submit there."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class DynamicBatcher:
         key = (padded_size(image.shape[0], stride), padded_size(image.shape[1], stride))
         pending = _Pending(image, key, caller_gone)
         with self._wake:
+            if self._stopped:
+                raise ModelRetired(f"model {self.name!r} was replaced or is stopping: retry")
             if len(self._queue) >= self._max_queue:
                 metrics.REJECTED.labels(self.name).inc()
                 raise ResourceExhausted(f"model {self.name!r} has {len(self._queue)} requests queued, its limit "
@@ -85,6 +92,7 @@ class DynamicBatcher:
             return len(self._queue)
 
     def stop(self) -> None:
+        """Refuses new requests; the worker finishes every queued one, then exits."""
         with self._wake:
             self._stopped = True
             self._wake.notify_all()

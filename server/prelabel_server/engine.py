@@ -17,9 +17,9 @@ from prelabel_models.epistemic import MC_MEASURES, SAMPLED_MEASURES
 from prelabel_models.package import ModelPackageError
 from prelabel_models.postprocessing import SegmentationMaps, maps_from_samples, segment_bands, segment_maps, summarize
 from prelabel_models.uncertainty import UNCERTAINTY_MEASURES
-from prelabel_proto.errors import FailedPrecondition, InvalidInput, PrelabelError
+from prelabel_proto.errors import FailedPrecondition, InvalidInput, ModelUnavailable, PrelabelError
 from prelabel_server import encoding, metrics
-from prelabel_server.batching import CallerGone
+from prelabel_server.batching import CallerGone, ModelRetired
 from prelabel_server.imaging import decode_image, raw_image
 from prelabel_server.registry import ModelRegistry, ServedModel
 from prelabel_server.settings import ServerSettings
@@ -28,6 +28,9 @@ from prelabel_server.types import OUTPUTS, ModelStatus, SegmentRequest, SegmentR
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000.0
+
+
+_RETIRED_RETRIES = 3
 
 
 @dataclass
@@ -77,9 +80,20 @@ class Engine:
         return result
 
     def _segment(self, request: SegmentRequest, caller_gone: CallerGone) -> SegmentResult:
-        started = time.perf_counter()
         self._validate(request)
-        served = self.registry.ready(request.model, request.model_version)
+        for _ in range(_RETIRED_RETRIES):
+            try:
+                return self._segment_on(self.registry.ready(request.model, request.model_version), request, caller_gone)
+            except ModelRetired:
+                continue  # replaced while we were on our way: the registry already holds the new one
+        raise ModelUnavailable(f"model {request.model!r} kept being replaced: retry")
+
+    def reload(self, name: str) -> tuple[ModelStatus, str]:
+        served, previous = self.registry.reload(name)
+        return self._status(served, self.registry.default_name), previous
+
+    def _segment_on(self, served: ServedModel, request: SegmentRequest, caller_gone: CallerGone) -> SegmentResult:
+        started = time.perf_counter()
         image = self._decode(request)
         decoded = time.perf_counter()
         if request.measure in SAMPLED_MEASURES:

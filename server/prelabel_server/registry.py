@@ -8,10 +8,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from prelabel_models import ModelCard, ModelPackage, find_packages
+from prelabel_models import ModelCard, ModelPackage, ModelPackageError, find_packages
 from prelabel_models.backends import create_backend
 from prelabel_models.predictor import Predictor
-from prelabel_proto.errors import ModelNotFound, ModelUnavailable
+from prelabel_proto.errors import FailedPrecondition, InvalidInput, ModelNotFound, ModelUnavailable
 from prelabel_server.batching import DynamicBatcher
 from prelabel_server.settings import ServerSettings
 
@@ -44,6 +44,7 @@ class ModelRegistry:
         self._settings = settings
         self._models: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()
 
     def load_all(self) -> None:
         for folder in find_packages(self._settings.model_repository):
@@ -81,6 +82,42 @@ class ModelRegistry:
         if self._settings.fp16:
             options["fp16"] = True
         return options
+
+    def reload(self, name: str) -> tuple[ServedModel, str]:
+        """Loads model ``name`` again and swaps it in; returns it and the version it replaced.
+
+        Requests already holding the old model finish on it (its batcher drains its queue before
+        it stops). A failed load leaves the old model serving and raises FailedPrecondition.
+        """
+        if not name:
+            raise InvalidInput("ReloadModel needs the model's name")
+        with self._reload_lock:
+            fresh = self._load(self._folder_of(name))
+            with self._lock:
+                old = self._models.get(name)
+                if fresh.state != "ready" and old is not None and old.state == "ready":
+                    raise FailedPrecondition(f"model {name!r} failed to load from {fresh.folder}; still serving "
+                                             f"version {old.card.version!r}: {fresh.error}")
+                self._models[name] = fresh
+            if old is not None and old.batcher is not None:
+                old.batcher.stop()
+            if fresh.state != "ready":
+                raise FailedPrecondition(f"model {name!r} failed to load from {fresh.folder}: {fresh.error}")
+            previous = old.card.version if old is not None and old.card is not None and old.state == "ready" else ""
+            log.info("model %s reloaded: version %r -> %r", name, previous, fresh.card.version)
+            return fresh, previous
+
+    def _folder_of(self, name: str) -> Path:
+        with self._lock:
+            if name in self._models:
+                return self._models[name].folder
+        for folder in find_packages(self._settings.model_repository):
+            try:
+                if ModelPackage.open(folder).card.name == name:
+                    return folder
+            except ModelPackageError:
+                continue
+        raise ModelNotFound(f"no package for model {name!r} in {self._settings.model_repository}")
 
     def close(self) -> None:
         for served in self.all():

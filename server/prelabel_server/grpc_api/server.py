@@ -78,9 +78,10 @@ def start_server(settings: ServerSettings) -> RunningServer:
     server = grpc.server(ThreadPoolExecutor(settings.workers, thread_name_prefix="rpc"),
                          interceptors=interceptors, options=limits)
     stream_executor = ThreadPoolExecutor(settings.stream_workers, thread_name_prefix="stream-item")
-    pb_grpc.add_PrelabelServiceServicer_to_server(
-        PrelabelServicer(engine, stream_executor, settings.max_in_flight_per_stream), server)
     health_servicer = health.HealthServicer()
+    pb_grpc.add_PrelabelServiceServicer_to_server(
+        PrelabelServicer(engine, stream_executor, settings.max_in_flight_per_stream,
+                         on_models_changed=lambda: _update_health(health_servicer, engine)), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)

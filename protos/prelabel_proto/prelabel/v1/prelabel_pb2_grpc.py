@@ -62,6 +62,11 @@ class PrelabelServiceStub:
                 request_serializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.GetModelResponse.FromString,
                 _registered_method=True)
+        self.ReloadModel = channel.unary_unary(
+                '/prelabel.v1.PrelabelService/ReloadModel',
+                request_serializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ReloadModelRequest.SerializeToString,
+                response_deserializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ReloadModelResponse.FromString,
+                _registered_method=True)
 
 
 class PrelabelServiceServicer:
@@ -108,6 +113,16 @@ class PrelabelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadModel(self, request, context):
+        """ReloadModel loads a model package again from the model repository (new weights, new version)
+        and swaps it in atomically: calls already running finish on the old version, later calls use
+        the new one. If the new version fails to load, the old one keeps serving and the call fails
+        with FAILED_PRECONDITION. A name not served yet is looked up in the repository (a new package).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PrelabelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +145,11 @@ def add_PrelabelServiceServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.GetModelRequest.FromString,
                     response_serializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.GetModelResponse.SerializeToString,
+            ),
+            'ReloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModel,
+                    request_deserializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ReloadModelRequest.FromString,
+                    response_serializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ReloadModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -248,6 +268,33 @@ class PrelabelService:
             '/prelabel.v1.PrelabelService/GetModel',
             prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.GetModelRequest.SerializeToString,
             prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.GetModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prelabel.v1.PrelabelService/ReloadModel',
+            prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ReloadModelRequest.SerializeToString,
+            prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ReloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,73 @@
+"""Hot reload: a new model version is swapped in under load without losing a request, and a
+version that fails to load leaves the old one serving."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from prelabel_client import PreLabelClient
+from prelabel_models import ModelPackage
+from prelabel_proto.errors import FailedPrecondition, ModelNotFound
+from prelabel_server.grpc_api.server import start_server
+from prelabel_server.settings import ServerSettings
+from service_packages import copy_package
+
+MODEL = "swappable"
+
+
+def _set_card_field(folder: Path, **fields: object) -> None:
+    card = json.loads((folder / "card.json").read_text())
+    card.update(fields)
+    (folder / "card.json").write_text(json.dumps(card))
+
+
+@pytest.fixture()
+def reload_server(tmp_path: Path, model_repository: Path):
+    repository = tmp_path / "repository"
+    copy_package(ModelPackage.open(model_repository / "deeplab"), repository / MODEL, name=MODEL, version="1")
+    running = start_server(ServerSettings(port=0, model_repository=repository, backend="onnx", stream_workers=2))
+    yield running, repository / MODEL
+    running.stop(grace=0)
+
+
+def test_a_stream_keeps_going_while_the_model_is_replaced(reload_server, camvid_val_images):
+    running, folder = reload_server
+    images = [camvid_val_images[i % len(camvid_val_images)] for i in range(24)]
+    versions: list[str] = []
+    halfway = threading.Event()
+
+    def stream() -> None:
+        with PreLabelClient(running.address, timeout=300) as client:
+            for prediction in client.predict_many(images, window=4):
+                versions.append(prediction.model_version)
+                if len(versions) == 6:
+                    halfway.set()
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    assert halfway.wait(300)
+    _set_card_field(folder, version="2")
+    with PreLabelClient(running.address) as admin:
+        info, previous = admin.reload_model(MODEL)
+    streaming.join(300)
+    assert (previous, info.version, info.state) == ("1", "2", "ready")
+    assert len(versions) == len(images), "a request was lost during the swap"
+    assert versions[0] == "1" and versions[-1] == "2"
+    assert sum(a != b for a, b in zip(versions, versions[1:])) == 1, versions  # changed exactly once
+
+
+def test_a_version_that_fails_to_load_leaves_the_old_one_serving(reload_server, camvid_val_images):
+    running, folder = reload_server
+    _set_card_field(folder, version="3", onnx="missing.onnx")
+    with PreLabelClient(running.address) as client:
+        with pytest.raises(FailedPrecondition, match="still serving version '1'"):
+            client.reload_model(MODEL)
+        prediction = client.predict(camvid_val_images[0], model=MODEL)
+        assert prediction.model_version == "1"
+        assert client.model(MODEL).state == "ready"
+        with pytest.raises(ModelNotFound):
+            client.reload_model("no-such-model")

@@ -1,0 +1,149 @@
+"""Dynamic batching, functionally (never timed): grouping, isolation, back-pressure, dropping
+requests whose caller left, and streams that free their slots when cancelled."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from prelabel_client import PreLabelClient, ResourceExhausted
+from prelabel_models import ModelPackage
+from prelabel_models.backends import create_backend
+from prelabel_models.image_files import list_images, read_rgb
+from prelabel_models.predictor import Predictor
+from prelabel_proto.errors import PrelabelError
+from prelabel_server.batching import DynamicBatcher
+from prelabel_server.grpc_api.server import RunningServer, start_server
+from prelabel_server.settings import ServerSettings
+from service_packages import copy_package
+
+MODEL = "batchy"
+
+
+@pytest.fixture(scope="module")
+def val_images(camvid_root: Path) -> list[Path]:
+    return list_images(camvid_root / "val")[:8]
+
+
+@pytest.fixture(scope="module")
+def batch_repository(tmp_path_factory: pytest.TempPathFactory, model_repository: Path) -> Path:
+    """The test DeepLabV3+ under a card that waits long enough (400 ms) for batches to form."""
+    repository = tmp_path_factory.mktemp("batching-repo")
+    copy_package(ModelPackage.open(model_repository / "deeplab"), repository / MODEL, name=MODEL,
+                 tile_size=512, max_batch_size=4, max_queue_delay_ms=400)
+    return repository
+
+
+def _serve(repository: Path, **settings: object) -> RunningServer:
+    return start_server(ServerSettings(port=0, model_repository=repository, backend="onnx", **settings))
+
+
+@pytest.fixture(scope="module")
+def batching_server(batch_repository: Path):
+    running = _serve(batch_repository)
+    yield running
+    running.stop(grace=0)
+
+
+def _concurrently(count: int, call) -> list:
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(call, range(count)))
+
+
+def test_concurrent_requests_share_a_forward_pass_and_get_their_own_result(batching_server, val_images):
+    with PreLabelClient(batching_server.address, timeout=120) as client:
+        batched = _concurrently(4, lambda i: client.predict(val_images[i]))
+        alone = [client.predict(path) for path in val_images[:4]]
+    assert max(p.response.batch_size for p in batched) > 1, [p.response.batch_size for p in batched]
+    assert all(p.response.batch_size == 1 for p in alone)
+    for together, single in zip(batched, alone):
+        assert (together.mask == single.mask).mean() > 0.999
+    assert not all((batched[0].mask == other.mask).all() for other in batched[1:]), "results were mixed up"
+
+
+def test_a_failing_batch_fails_only_its_own_requests(batch_repository, val_images):
+    package = ModelPackage.open(batch_repository / MODEL)
+    batcher = DynamicBatcher("isolation", Predictor(package.card, create_backend("onnx", package)),
+                             max_batch_size=4, max_queue_delay_ms=200, max_queue_size=8)
+    try:
+        broken = np.zeros((64, 64, 2), np.uint8)  # two channels: normalisation cannot run on it
+        bad = batcher.submit(broken)
+        good = batcher.submit(read_rgb(val_images[0]))
+        with pytest.raises(ValueError):
+            bad.result(timeout=120)
+        logits = good.result(timeout=120).logits
+        assert logits.shape == (package.card.num_classes, 360, 480)
+    finally:
+        batcher.stop()
+
+
+def test_a_full_queue_refuses_at_once_with_resource_exhausted(batch_repository, val_images):
+    running = _serve(batch_repository, max_queue_size=1, workers=16)
+    try:
+        with PreLabelClient(running.address, timeout=120) as client:
+            def call(i: int):
+                try:
+                    return client.predict(val_images[i % len(val_images)])
+                except ResourceExhausted as exc:
+                    return exc
+            outcomes = _concurrently(12, call)
+            refused = [o for o in outcomes if isinstance(o, ResourceExhausted)]
+            assert refused, "12 concurrent requests against a queue of 1 were all accepted"
+            assert "queued" in refused[0].message and "PRELABEL_MAX_QUEUE_SIZE" in refused[0].message
+            assert any(not isinstance(o, PrelabelError) for o in outcomes)
+            assert client.predict(val_images[0]).mask.shape == (360, 480)  # still serving
+    finally:
+        running.stop(grace=0)
+
+
+def _dropped(model: str) -> float:
+    return REGISTRY.get_sample_value("prelabel_dropped_total", {"model": model}) or 0.0
+
+
+def test_requests_whose_deadline_passed_are_dropped_before_inference(batch_repository, val_images):
+    running = _serve(batch_repository, workers=16)
+    try:
+        before = _dropped(MODEL)
+        with PreLabelClient(running.address, timeout=120) as client:
+            busy = threading.Thread(target=lambda: _concurrently(4, lambda i: client.predict(val_images[i])))
+            busy.start()
+            expired = 0
+            for path in val_images[4:8]:
+                try:
+                    client.predict(path, timeout=0.05)
+                except PrelabelError as exc:
+                    expired += exc.code.name == "DEADLINE_EXCEEDED"
+            busy.join()
+            assert expired >= 1
+            for _ in range(50):  # the worker reaches the expired requests after the busy batch
+                if _dropped(MODEL) > before:
+                    break
+                threading.Event().wait(0.2)
+        assert _dropped(MODEL) > before
+    finally:
+        running.stop(grace=0)
+
+
+def test_a_cancelled_stream_frees_its_slots(batch_repository, val_images):
+    running = _serve(batch_repository, stream_workers=1, max_in_flight_per_stream=2)
+    try:
+        with PreLabelClient(running.address, timeout=120) as client:
+            endless = (val_images[i % len(val_images)] for i in range(1000))
+            stream = client.predict_many(endless, window=4)
+            assert next(stream).mask.shape == (360, 480)
+            stream.close()  # cancels the call
+            again = list(client.predict_many(val_images[:3], window=2))
+            assert [p.mask.shape for p in again] == [(360, 480)] * 3
+        batcher = running.engine.registry.get(MODEL).batcher
+        for _ in range(100):
+            if batcher.queued() == 0:
+                break
+            threading.Event().wait(0.1)
+        assert batcher.queued() == 0
+    finally:
+        running.stop(grace=0)
