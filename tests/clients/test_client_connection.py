@@ -1,0 +1,84 @@
+"""How the client talks to the server: bearer-token auth (health and reflection stay open),
+deadlines, and retries on UNAVAILABLE only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from prometheus_client import REGISTRY
+
+from prelabel_client import InvalidInput, ModelUnavailable, PreLabelClient
+from prelabel_proto import SERVICE_NAME
+from prelabel_proto.errors import DeadlineExceeded, Unauthenticated
+from prelabel_server.grpc_api.server import RunningServer
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def secured(start_extra_server) -> RunningServer:
+    return start_extra_server(auth_token=TOKEN)
+
+
+@pytest.fixture
+def anonymous(secured: RunningServer) -> Iterator[PreLabelClient]:
+    with PreLabelClient(secured.address, timeout=60) as client:
+        yield client
+
+
+class TestTokenAuth:
+    def test_calls_without_a_token_are_unauthenticated(self, anonymous: PreLabelClient, small_camvid_png: bytes) -> None:
+        with pytest.raises(Unauthenticated, match="bearer token") as raised:
+            anonymous.models()
+        assert raised.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(Unauthenticated):
+            anonymous.predict(small_camvid_png)
+        with pytest.raises(Unauthenticated):
+            list(anonymous.predict_many([small_camvid_png]))
+
+    def test_a_wrong_token_is_unauthenticated(self, secured: RunningServer, small_camvid_png: bytes) -> None:
+        with PreLabelClient(secured.address, token="not-" + TOKEN) as client, pytest.raises(Unauthenticated):
+            client.predict(small_camvid_png)
+
+    def test_the_token_opens_every_call(self, secured: RunningServer, small_camvid_png: bytes) -> None:
+        with PreLabelClient(secured.address, token=TOKEN, timeout=120) as client:
+            assert client.predict(small_camvid_png).mask.shape == (101, 133)
+            assert [r.ok for r in client.predict_many([small_camvid_png] * 2)] == [True, True]
+            assert client.model().name == "deeplab"
+
+    def test_health_and_reflection_stay_open(self, secured: RunningServer) -> None:
+        with grpc.insecure_channel(secured.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            assert SERVICE_NAME in ProtoReflectionDescriptorDatabase(channel).get_services()
+
+
+def _requests(model: str, outcome: str) -> float:
+    return REGISTRY.get_sample_value("prelabel_requests_total", {"model": model, "outcome": outcome}) or 0.0
+
+
+class TestDeadlinesAndRetries:
+    def test_a_passed_deadline_raises_and_the_server_keeps_serving(self, onnx_client: PreLabelClient,
+                                                                   camvid_val_images, small_camvid_png: bytes) -> None:
+        with pytest.raises(DeadlineExceeded):
+            onnx_client.predict(camvid_val_images[0], timeout=0.001)
+        assert onnx_client.predict(small_camvid_png).ok
+
+    def test_unavailable_is_retried_and_nothing_else_is(self, onnx_server: RunningServer, small_camvid_png: bytes) -> None:
+        """Counted by the server's own request metric (the test server runs in this process)."""
+        with PreLabelClient(onnx_server.address, retries=2, timeout=60) as client:
+            before = _requests("broken", "unavailable"), _requests("unet", "invalid_argument")
+            with pytest.raises(ModelUnavailable):
+                client.predict(small_camvid_png, model="broken")  # failed to load: UNAVAILABLE
+            with pytest.raises(InvalidInput):
+                client.predict(b"not an image", model="unet")
+            after = _requests("broken", "unavailable"), _requests("unet", "invalid_argument")
+        assert (after[0] - before[0], after[1] - before[1]) == (3, 1)  # 1 + 2 retries; never retried
+
+    def test_no_server_is_unavailable(self) -> None:
+        with PreLabelClient("127.0.0.1:1", retries=0, timeout=10) as client, pytest.raises(ModelUnavailable):
+            client.models()
