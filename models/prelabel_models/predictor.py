@@ -95,7 +95,7 @@ class Predictor:
         band = _Band(self.card.num_classes, padded.shape[1])
         for top, row_tiles in groupby(tiles, key=lambda t: t.top):
             yield from band.finish_rows_above(top, height, width)
-            band.extend_to(top + self.card.tile_size)
+            band.extend_to(min(top + self.card.tile_size, padded.shape[0]))  # never past the image
             row_tiles = list(row_tiles)
             for start in range(0, len(row_tiles), self.tile_batch):
                 group = row_tiles[start: start + self.tile_batch]
