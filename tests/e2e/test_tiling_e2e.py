@@ -38,3 +38,13 @@ def test_a_4000x3000_photo_is_served_tiled(onnx_client: PreLabelClient, camvid_v
     assert 0 <= prediction.uncertainty.min() and prediction.uncertainty.max() <= 1
     fractions = np.bincount(prediction.mask.ravel(), minlength=NUM_CLASSES) / prediction.mask.size
     np.testing.assert_allclose([c.pixel_fraction for c in prediction.summary.classes], fractions, atol=1e-6)
+
+
+def test_a_strip_lower_than_a_tile_is_tiled_along_its_width(onnx_client: PreLabelClient,
+                                                            camvid_val_images: list[Path]) -> None:
+    strip = encode(_upscaled(camvid_val_images[40], 1000, 100)[30:78])  # 48x1000: tiles are 64x256
+    tiled = onnx_client.predict(strip, model="unet")
+    untiled = onnx_client.predict(strip, model="unet-tile1024")
+    assert (tiled.tiles, untiled.tiles) == (5, 1)
+    assert tiled.mask.shape == untiled.mask.shape == (48, 1000)
+    assert (tiled.mask == untiled.mask).mean() > 0.99
