@@ -51,9 +51,10 @@ class ModelRegistry:
             served = self._load(folder)
             with self._lock:
                 if served.name in self._models:
-                    served = ServedModel(served.name, folder, "failed", served.card,
+                    key = f"{served.name}@{folder.name}"  # its own name, so health and ListModels tell them apart
+                    served = ServedModel(key, folder, "failed", served.card,
                                          error=f"duplicate model name {served.name!r} (also in {self._models[served.name].folder})")
-                    self._models[f"{served.name}@{folder.name}"] = served
+                    self._models[key] = served
                 else:
                     self._models[served.name] = served
 
