@@ -33,7 +33,7 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
-# name -> (image bytes or array from the RGB image, the reference it must match exactly: "rgb", "grey" or None)
+# name -> the image (bytes or array) made from the RGB test image
 LOSSLESS_RGB = {
     "png-16-bit": lambda rgb: encode(rgb.astype(np.uint16) * 257),
     "png-rgba": lambda rgb: encode(_with_alpha(rgb)),
@@ -64,19 +64,22 @@ def references(onnx_client: PreLabelClient, small_camvid_rgb: np.ndarray) -> dic
 
 
 @pytest.mark.parametrize("form", LOSSLESS_RGB)
-def test_lossless_forms_of_the_rgb_image_give_its_mask(onnx_client, small_camvid_rgb, references, form: str) -> None:
+def test_lossless_forms_of_the_rgb_image_give_its_mask(onnx_client: PreLabelClient, small_camvid_rgb: np.ndarray,
+                                                       references: dict[str, np.ndarray], form: str) -> None:
     mask = onnx_client.predict(LOSSLESS_RGB[form](small_camvid_rgb)).mask
     np.testing.assert_array_equal(mask, references["rgb"])
 
 
 @pytest.mark.parametrize("form", LOSSLESS_GREY)
-def test_grey_forms_give_the_mask_of_the_grey_image(onnx_client, small_camvid_rgb, references, form: str) -> None:
+def test_grey_forms_give_the_mask_of_the_grey_image(onnx_client: PreLabelClient, small_camvid_rgb: np.ndarray,
+                                                    references: dict[str, np.ndarray], form: str) -> None:
     mask = onnx_client.predict(LOSSLESS_GREY[form](small_camvid_rgb)).mask
     np.testing.assert_array_equal(mask, references["grey"])
 
 
 @pytest.mark.parametrize("form", LOSSY)
-def test_lossy_forms_give_a_mask_of_the_right_size(onnx_client, small_camvid_rgb, references, form: str) -> None:
+def test_lossy_forms_give_a_mask_of_the_right_size(onnx_client: PreLabelClient, small_camvid_rgb: np.ndarray,
+                                                   references: dict[str, np.ndarray], form: str) -> None:
     prediction = onnx_client.predict(LOSSY[form](small_camvid_rgb))
     assert prediction.mask.shape == prediction.uncertainty.shape == (101, 133)
     assert prediction.mask.max() < NUM_CLASSES
@@ -84,7 +87,7 @@ def test_lossy_forms_give_a_mask_of_the_right_size(onnx_client, small_camvid_rgb
     assert (prediction.mask == reference).mean() > 0.5  # the same scene, slightly altered pixels
 
 
-def test_a_palette_png_gives_the_mask_of_its_colours(onnx_client, small_camvid_rgb) -> None:
+def test_a_palette_png_gives_the_mask_of_its_colours(onnx_client: PreLabelClient, small_camvid_rgb: np.ndarray) -> None:
     palette = _palette(small_camvid_rgb)
     mask = onnx_client.predict(_png_with_pillow(palette)).mask
     np.testing.assert_array_equal(mask, onnx_client.predict(np.asarray(palette.convert("RGB"))).mask)
