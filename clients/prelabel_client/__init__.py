@@ -1,7 +1,7 @@
 """Python client for prelabel: ``PreLabelClient("host:port").predict("image.png")``."""
 
 from prelabel_client.client import PreLabelClient
-from prelabel_client.results import ClassShare, FailedPrediction, ModelInfo, Prediction, Summary
+from prelabel_client.results import ClassShare, FailedPrediction, ImageScores, ModelInfo, Prediction, Summary
 from prelabel_proto.errors import (
     InvalidInput,
     ModelNotFound,
@@ -10,5 +10,5 @@ from prelabel_proto.errors import (
     ResourceExhausted,
 )
 
-__all__ = ["ClassShare", "FailedPrediction", "InvalidInput", "ModelInfo", "ModelNotFound", "ModelUnavailable",
+__all__ = ["ClassShare", "FailedPrediction", "ImageScores", "InvalidInput", "ModelInfo", "ModelNotFound", "ModelUnavailable",
            "PreLabelClient", "Prediction", "PrelabelError", "ResourceExhausted", "Summary"]

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Union
+from typing import TypeVar, Union
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
 from prelabel_client.results import (
     FailedPrediction,
+    ImageScores,
     ModelInfo,
     Prediction,
     model_info_from_message,
     prediction_from_response,
+    scores_from_message,
 )
 from prelabel_proto import SERVICE_NAME
 from prelabel_proto import prelabel_pb2 as pb
@@ -24,6 +27,7 @@ from prelabel_proto import prelabel_pb2_grpc as pb_grpc
 from prelabel_proto.errors import InvalidInput, PrelabelError, error_for_code
 
 ImageInput = Union[str, Path, bytes, np.ndarray]
+ResultT = TypeVar("ResultT")
 
 _OUTPUT_ENUMS = {"mask": pb.OUTPUT_MASK, "uncertainty": pb.OUTPUT_UNCERTAINTY, "probabilities": pb.OUTPUT_PROBABILITIES}
 _MEASURE_ENUMS = {name.removeprefix("UNCERTAINTY_MEASURE_").lower(): value
@@ -127,35 +131,62 @@ class PreLabelClient:
         ``raise_on_error=False`` yields a FailedPrediction there and goes on. ``timeout`` bounds the
         whole stream.
         """
+        def build(item_id: str, image: ImageInput) -> pb.PredictStreamRequest:
+            return pb.PredictStreamRequest(id=item_id, request=self.request(image, **options))
+
+        return self._ordered_stream(self._stub.PredictStream, images, build, "response", prediction_from_response,
+                                    window, raise_on_error, timeout)
+
+    def score_many(self, images: Iterable[ImageInput], *, embeddings: bool = False, top_fraction: float = 0.05,
+                   window: int = 8, raise_on_error: bool = True, timeout: float | None = None,
+                   **options: object) -> Iterator[ImageScores | FailedPrediction]:
+        """Acquisition scores of ``images`` (and their embeddings) over the Score stream, in input
+        order; cheap because no maps travel back. Options are those of ``request``."""
+        def build(item_id: str, image: ImageInput) -> pb.ScoreRequest:
+            return pb.ScoreRequest(id=item_id, request=self.request(image, **options), return_embedding=embeddings,
+                                   top_fraction=top_fraction)
+
+        return self._ordered_stream(self._stub.Score, images, build, "scores", scores_from_message,
+                                    window, raise_on_error, timeout)
+
+    def _ordered_stream(self, method, images: Iterable[ImageInput], build: Callable[[str, ImageInput], Message],
+                        result_field: str, convert: Callable[[Message], ResultT], window: int, raise_on_error: bool,
+                        timeout: float | None) -> Iterator[ResultT | FailedPrediction]:
+        """Sends ``build(id, image)`` for each image with at most ``window`` unanswered, and yields
+        ``convert(response.<result_field>)`` — or the item's error — in input order."""
         sent_slots = threading.Semaphore(window)
         finished = threading.Event()
         unreadable: dict[int, PrelabelError] = {}
 
-        def requests() -> Iterator[pb.PredictStreamRequest]:
+        def requests() -> Iterator[Message]:
             for index, image in enumerate(images):
                 while not sent_slots.acquire(timeout=0.2):
                     if finished.is_set():
                         return
                 try:
-                    message = self.request(image, **options)
+                    message = build(str(index), image)
                 except (OSError, TypeError, ValueError) as exc:  # reported at its position, never skipped
                     unreadable[index] = InvalidInput(f"input {index} cannot be sent: {exc}")
                     continue
-                yield pb.PredictStreamRequest(id=str(index), request=message)
+                yield message
 
-        call = self._stub.PredictStream(requests(), timeout=timeout or None, metadata=self._metadata)
-        received: dict[int, pb.PredictStreamResponse] = {}
+        call = method(requests(), timeout=timeout or None, metadata=self._metadata)
+        received: dict[int, Message] = {}
         next_index = 0
 
-        def ready_in_order() -> Iterator[Prediction | FailedPrediction]:
+        def ready_in_order() -> Iterator[ResultT | FailedPrediction]:
             nonlocal next_index
             while next_index in received or next_index in unreadable:
                 index, next_index = next_index, next_index + 1
                 sent_slots.release()
                 if index in unreadable:
                     yield self._failure(unreadable.pop(index), raise_on_error)
+                    continue
+                response = received.pop(index)
+                if response.HasField(result_field):
+                    yield convert(getattr(response, result_field))
                 else:
-                    yield self._stream_result(received.pop(index), raise_on_error)
+                    yield self._failure(error_for_code(response.error.code, response.error.message), raise_on_error)
 
         try:
             for response in call:
@@ -173,12 +204,6 @@ class PreLabelClient:
         if raise_on_error:
             raise error
         return FailedPrediction(error)
-
-    @staticmethod
-    def _stream_result(item: pb.PredictStreamResponse, raise_on_error: bool) -> Prediction | FailedPrediction:
-        if item.HasField("response"):
-            return prediction_from_response(item.response)
-        return PreLabelClient._failure(error_for_code(item.error.code, item.error.message), raise_on_error)
 
     def models(self, timeout: float | None = None) -> list[ModelInfo]:
         response = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)

@@ -22,6 +22,7 @@ class ClassShare:
     name: str
     pixel_fraction: float
     mean_confidence: float
+    mean_uncertainty: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,42 @@ def _unit_map(array: pb.EncodedArray) -> np.ndarray | None:
     return values.astype(np.float32) / scale[array.format] if array.format in scale else values
 
 
+def _class_shares(classes) -> list[ClassShare]:
+    return [ClassShare(c.class_id, c.name, c.pixel_fraction, c.mean_confidence, c.mean_uncertainty) for c in classes]
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """An image's acquisition scores from the Score stream."""
+
+    model: str
+    model_version: str
+    measure: str
+    mean_uncertainty: float
+    top_fraction_uncertainty: float
+    top_fraction: float
+    classes: list[ClassShare]
+    embedding: np.ndarray | None
+    height: int
+    width: int
+    ok: bool = True
+
+
+def scores_from_message(message: pb.ImageScores) -> ImageScores:
+    return ImageScores(
+        model=message.model, model_version=message.model_version,
+        measure=_MEASURE_NAMES.get(message.uncertainty_measure, "entropy"),
+        mean_uncertainty=message.mean_uncertainty, top_fraction_uncertainty=message.top_fraction_uncertainty,
+        top_fraction=message.top_fraction, classes=_class_shares(message.classes),
+        embedding=np.asarray(message.embedding, np.float32) if len(message.embedding) else None,
+        height=message.height, width=message.width)
+
+
 def prediction_from_response(response: pb.PredictResponse) -> Prediction:
     s = response.summary
     summary = Summary(s.mean_uncertainty, s.uncertain_fraction, s.uncertainty_threshold,
                       _MEASURE_NAMES.get(s.uncertainty_measure, "entropy"),
-                      [ClassShare(c.class_id, c.name, c.pixel_fraction, c.mean_confidence) for c in s.classes])
+                      _class_shares(s.classes))
     timings = response.timings
     return Prediction(
         mask=decode_array(response.mask) if response.HasField("mask") else None,

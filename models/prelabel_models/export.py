@@ -14,10 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prelabel_models.backends.onnx_backend import FEATURES_NAME, INPUT_NAME, MASK_NAME, OUTPUT_NAME, OnnxBackend
+from prelabel_models.backends.onnx_backend import (
+    EMBEDDING_NAME,
+    FEATURES_NAME,
+    INPUT_NAME,
+    MASK_NAME,
+    OUTPUT_NAME,
+    OnnxBackend,
+)
 from prelabel_models.backends.torch_backend import TorchBackend
 from prelabel_models.image_files import list_images, read_rgb
-from prelabel_models.network import MaskedHeadGraph, TrunkGraph, load_network
+from prelabel_models.network import EmbeddingGraph, MaskedHeadGraph, TrunkGraph, load_network
 from prelabel_models.package import ModelPackage
 from prelabel_models.predictor import Predictor
 
@@ -43,23 +50,27 @@ class ParityReport:
                 f"(limit {MIN_MASK_AGREEMENT:.1%}): {verdict}")
 
 
-def _export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], path: Path, opset: int) -> None:
+def _export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], path: Path, opset: int,
+            extra_outputs: dict[str, dict[int, str]] | None = None) -> None:
     axes = {0: "batch", 2: "height", 3: "width"}
-    dynamic = {name: axes for name in [*names, OUTPUT_NAME]}
+    dynamic = {name: axes for name in [*names, OUTPUT_NAME]} | (extra_outputs or {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, inputs, str(path), input_names=names, output_names=[OUTPUT_NAME],
+        torch.onnx.export(module, inputs, str(path), input_names=names,
+                          output_names=[OUTPUT_NAME, *(extra_outputs or {})],
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False)
 
 
 def export_onnx(package: ModelPackage, opset: int = OPSET) -> Path:
-    """Traces the network at a stride-aligned size and writes ``package.onnx_path``; a model with
+    """Traces the network at a stride-aligned size and writes ``package.onnx_path`` (outputs: logits
+    and the image embedding); a model with
     head dropout also gets its trunk and masked head as separate graphs (MC dropout on ONNX)."""
     card = package.card
     network = load_network(card, package.weights_path)
     side = card.output_stride * max(1, 256 // card.output_stride)
     example = torch.zeros(1, card.in_channels, side, side)
-    _export(network, (example,), [INPUT_NAME], package.onnx_path, opset)
+    _export(EmbeddingGraph(network).eval(), (example,), [INPUT_NAME], package.onnx_path, opset,
+            extra_outputs={EMBEDDING_NAME: {0: "batch"}})
     if card.head_dropout > 0:
         # Wrappers are built in eval mode: the exporter restores each module's mode afterwards.
         _export(TrunkGraph(network).eval(), (example,), [INPUT_NAME], package.trunk_onnx_path, opset)

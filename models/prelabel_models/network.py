@@ -43,10 +43,28 @@ class SegmentationNetwork(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
 
+    def logits_and_embedding(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the image embedding (the deepest encoder stage, average-pooled): the pool
+        ranker's diversity needs the embedding, and it costs nothing on top of the forward pass."""
+        stages = self.smp_model.encoder(images)
+        embedding = stages[-1].mean(dim=(2, 3))
+        return self.head(self.smp_model.decoder(stages)), embedding
+
     def masked_head(self, features: torch.Tensor, dropout_mask: torch.Tensor) -> torch.Tensor:
         """The head with dropout given as an explicit mask (0 or 1/(1-p) per element): MC-dropout
         samples are then reproducible, and identical on every backend for the same mask."""
         return self.smp_model.segmentation_head(features * dropout_mask)
+
+
+class EmbeddingGraph(nn.Module):
+    """Images → (logits, embedding): the graph ``model.onnx`` holds."""
+
+    def __init__(self, network: SegmentationNetwork) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.network.logits_and_embedding(images)
 
 
 class TrunkGraph(nn.Module):

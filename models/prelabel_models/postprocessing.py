@@ -28,6 +28,7 @@ class ClassShare:
     class_id: int
     pixel_fraction: float
     mean_confidence: float
+    mean_uncertainty: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,11 @@ def summarize(maps: SegmentationMaps, num_classes: int, threshold: float = 0.5) 
     pixels = maps.mask.size
     counts = np.bincount(maps.mask.ravel(), minlength=num_classes)[:num_classes]
     confidence_sums = np.bincount(maps.mask.ravel(), weights=maps.confidence.ravel(), minlength=num_classes)[:num_classes]
+    uncertainty_sums = np.bincount(maps.mask.ravel(), weights=maps.uncertainty.ravel(), minlength=num_classes)[:num_classes]
     shares = [
         ClassShare(class_id, float(counts[class_id] / pixels),
-                   float(confidence_sums[class_id] / counts[class_id]) if counts[class_id] else 0.0)
+                   float(confidence_sums[class_id] / counts[class_id]) if counts[class_id] else 0.0,
+                   float(uncertainty_sums[class_id] / counts[class_id]) if counts[class_id] else 0.0)
         for class_id in range(num_classes)
     ]
     return MapSummary(

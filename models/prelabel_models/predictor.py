@@ -53,6 +53,21 @@ class Predictor:
         logits = self.backend.run(batch)
         return [logits[i, :, : im.shape[0], : im.shape[1]] for i, im in enumerate(images)]
 
+    def logits_and_embedding(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits of an untiled image and its embedding (D,), from one forward pass."""
+        height, width = image.shape[:2]
+        logits, embedding = self.backend.run_with_embedding(self._input(image, self.card.output_stride)[None])
+        return logits[0, :, :height, :width], embedding[0]
+
+    def embedding(self, image: np.ndarray) -> np.ndarray:
+        """The image embedding; an image larger than a tile is shrunk to fit one first (the
+        embedding describes the whole scene, so the resize does no harm there)."""
+        height, width = image.shape[:2]
+        if self.needs_tiling(height, width):
+            scale = self.card.tile_size / max(height, width)
+            image = cv2.resize(image, (max(1, int(width * scale)), max(1, int(height * scale))), interpolation=cv2.INTER_AREA)
+        return self.logits_and_embedding(image)[1]
+
     def mc_dropout_logits(self, image: np.ndarray, samples: int, seed: int = 0) -> np.ndarray:
         """(samples, classes, H, W) logits of MC-dropout samples. The encoder and decoder run once;
         only the head runs per sample, with explicit dropout masks (same seed, same samples)."""

@@ -6,50 +6,39 @@ converter around it.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
-from prelabel_models.epistemic import MC_MEASURES, SAMPLED_MEASURES
-from prelabel_models.package import ModelPackageError
-from prelabel_models.postprocessing import SegmentationMaps, maps_from_samples, segment_bands, segment_maps, summarize
+from prelabel_models.acquisition import top_fraction_score
+from prelabel_models.epistemic import SAMPLED_MEASURES
+from prelabel_models.postprocessing import SegmentationMaps, summarize
 from prelabel_models.uncertainty import UNCERTAINTY_MEASURES
-from prelabel_proto.errors import FailedPrecondition, InvalidInput, ModelUnavailable, PrelabelError
+from prelabel_proto.errors import InvalidInput, ModelUnavailable, PrelabelError
 from prelabel_server import encoding, metrics
 from prelabel_server.batching import CallerGone, ModelRetired
 from prelabel_server.imaging import decode_image, raw_image
+from prelabel_server.inference import MapOptions, compute_maps
 from prelabel_server.registry import ModelRegistry, ServedModel
 from prelabel_server.settings import ServerSettings
-from prelabel_server.types import OUTPUTS, ModelStatus, SegmentRequest, SegmentResult, Timings
-
-
-def _ms(since: float) -> float:
-    return (time.perf_counter() - since) * 1000.0
-
+from prelabel_server.types import (
+    OUTPUTS,
+    ModelStatus,
+    ScoreRequest,
+    ScoreResult,
+    SegmentRequest,
+    SegmentResult,
+    Timings,
+)
 
 _RETIRED_RETRIES = 3
+ResultT = TypeVar("ResultT")
 
 
-@dataclass
-class _Inference:
-    logits: np.ndarray | None
-    batch_size: int = 1
-    queue_ms: float = 0.0
-    seconds: float = 0.0
-
-
-def _timed(bands: Iterator[tuple[slice, np.ndarray]], inference: _Inference) -> Iterator[tuple[slice, np.ndarray]]:
-    """Counts the time spent producing each band (the network) into ``inference.seconds``."""
-    while True:
-        started = time.perf_counter()
-        band = next(bands, None)
-        inference.seconds += time.perf_counter() - started
-        if band is None:
-            return
-        yield band
+def _never_gone() -> bool:
+    return False
 
 
 class Engine:
@@ -63,99 +52,76 @@ class Engine:
     def close(self) -> None:
         self.registry.close()
 
-    def segment(self, request: SegmentRequest, caller_gone: CallerGone = lambda: False) -> SegmentResult:
+    def segment(self, request: SegmentRequest, caller_gone: CallerGone = _never_gone) -> SegmentResult:
         """Runs one request. ``caller_gone`` lets the batcher drop it if its caller has left."""
-        started = time.perf_counter()
-        model = self.registry.metric_label(request.model)
-        try:
-            result = self._segment(request, caller_gone)
-        except PrelabelError as exc:
-            metrics.REQUESTS.labels(model, exc.code.name.lower()).inc()
-            raise
-        except Exception:
-            metrics.REQUESTS.labels(model, "internal").inc()
-            raise
-        metrics.REQUESTS.labels(model, "ok").inc()
-        metrics.REQUEST_SECONDS.labels(model).observe(time.perf_counter() - started)
-        return result
-
-    def _segment(self, request: SegmentRequest, caller_gone: CallerGone) -> SegmentResult:
         self._validate(request)
-        for _ in range(_RETIRED_RETRIES):
-            try:
-                return self._segment_on(self.registry.ready(request.model, request.model_version), request, caller_gone)
-            except ModelRetired:
-                continue  # replaced while we were on our way: the registry already holds the new one
-        raise ModelUnavailable(f"model {request.model!r} kept being replaced: retry")
+        return self._counted(request.model, lambda served: self._segment_on(served, request, caller_gone), request)
+
+    def score(self, request: ScoreRequest, caller_gone: CallerGone = _never_gone) -> ScoreResult:
+        """Acquisition scores (and optionally the embedding) of one pool image; no maps leave."""
+        self._validate(request.segment)
+        if not 0.0 < request.top_fraction <= 1.0:
+            raise InvalidInput(f"top_fraction must be in (0, 1], got {request.top_fraction}")
+        return self._counted(request.segment.model, lambda served: self._score_on(served, request, caller_gone),
+                             request.segment)
 
     def reload(self, name: str) -> tuple[ModelStatus, str]:
         served, previous = self.registry.reload(name)
         return self._status(served, self.registry.default_name), previous
 
+    def _counted(self, model: str, run: Callable[[ServedModel], ResultT], request: SegmentRequest) -> ResultT:
+        """Runs on the current model (again if it was replaced meanwhile) and records metrics."""
+        started = time.perf_counter()
+        label = self.registry.metric_label(model)
+        try:
+            result = self._on_current_model(run, request)
+        except PrelabelError as exc:
+            metrics.REQUESTS.labels(label, exc.code.name.lower()).inc()
+            raise
+        except Exception:
+            metrics.REQUESTS.labels(label, "internal").inc()
+            raise
+        metrics.REQUESTS.labels(label, "ok").inc()
+        metrics.REQUEST_SECONDS.labels(label).observe(time.perf_counter() - started)
+        return result
+
+    def _on_current_model(self, run: Callable[[ServedModel], ResultT], request: SegmentRequest) -> ResultT:
+        for _ in range(_RETIRED_RETRIES):
+            try:
+                return run(self.registry.ready(request.model, request.model_version))
+            except ModelRetired:
+                continue  # replaced while we were on our way: the registry already holds the new one
+        raise ModelUnavailable(f"model {request.model!r} kept being replaced: retry")
+
     def _segment_on(self, served: ServedModel, request: SegmentRequest, caller_gone: CallerGone) -> SegmentResult:
         started = time.perf_counter()
         image = self._decode(request)
         decoded = time.perf_counter()
-        if request.measure in SAMPLED_MEASURES:
-            maps, inference = self._segment_sampled(served, image, request)
-        elif served.predictor.needs_tiling(*image.shape[:2]):
-            maps, inference = self._segment_tiled(served, image, request)
-        else:
-            inference = self._infer(served, image, caller_gone)
-            maps = segment_maps(inference.logits, served.card.temperature, request.measure,
-                                keep_probabilities="probabilities" in request.outputs)
-            inference.seconds = time.perf_counter() - decoded
+        maps, info = compute_maps(served, image, self._map_options(request), caller_gone)
         fields = self._encode(served, request, maps)
-        timings = Timings(decode_ms=(decoded - started) * 1000, inference_ms=inference.seconds * 1000,
-                          postprocess_ms=(time.perf_counter() - decoded - inference.seconds) * 1000,
-                          total_ms=_ms(started), queue_ms=inference.queue_ms)
+        timings = Timings(decode_ms=(decoded - started) * 1000, inference_ms=info.seconds * 1000,
+                          postprocess_ms=(time.perf_counter() - decoded - info.seconds) * 1000,
+                          total_ms=(time.perf_counter() - started) * 1000, queue_ms=info.queue_ms)
         return SegmentResult(**fields, timings=timings, tiles=served.predictor.count_tiles(*image.shape[:2]),
-                             batch_size=inference.batch_size)
+                             batch_size=info.batch_size)
+
+    def _score_on(self, served: ServedModel, request: ScoreRequest, caller_gone: CallerGone) -> ScoreResult:
+        segment = request.segment
+        image = self._decode(segment)
+        options = self._map_options(segment, want_embedding=request.return_embedding)
+        maps, info = compute_maps(served, image, options, caller_gone)
+        card = served.card
+        return ScoreResult(
+            model=served.name, version=card.version, measure=segment.measure, height=image.shape[0],
+            width=image.shape[1], summary=summarize(maps, card.num_classes, segment.uncertainty_threshold),
+            class_names=[c.name for c in card.classes], top_fraction=request.top_fraction,
+            top_fraction_uncertainty=top_fraction_score(maps.uncertainty, request.top_fraction),
+            embedding=info.embedding)
 
     @staticmethod
-    def _infer(served: ServedModel, image: np.ndarray, caller_gone: CallerGone) -> _Inference:
-        if served.batcher is None:
-            return _Inference(served.predictor.logits(image))
-        batched = served.batcher.submit(image, caller_gone).result()
-        return _Inference(batched.logits, batch_size=batched.batch_size, queue_ms=batched.queue_ms)
-
-    @staticmethod
-    def _segment_tiled(served: ServedModel, image: np.ndarray, request: SegmentRequest) -> tuple[SegmentationMaps, _Inference]:
-        """Streams tiles' logits straight into the maps, holding the model between batches."""
-        inference = _Inference(None)
-        bands = _timed(served.predictor.logit_bands(image), inference)
-        lock = served.batcher.exclusive() if served.batcher is not None else contextlib.nullcontext()
-        with lock:
-            maps = segment_bands(bands, served.card.num_classes, *image.shape[:2], served.card.temperature,
-                                 request.measure, keep_probabilities="probabilities" in request.outputs)
-        return maps, inference
-
-    @staticmethod
-    def _segment_sampled(served: ServedModel, image: np.ndarray, request: SegmentRequest) -> tuple[SegmentationMaps, _Inference]:
-        """MC dropout or test-time augmentation: several predictions of one image, run alone."""
-        card, predictor = served.card, served.predictor
-        height, width = image.shape[:2]
-        if predictor.needs_tiling(height, width):
-            raise InvalidInput(f"{request.measure} works on images up to {card.tile_size} pixels a side; this one is "
-                               f"{width}x{height}: use entropy, margin or least_confidence for large images")
-        if request.measure in MC_MEASURES and card.head_dropout <= 0:
-            raise InvalidInput(f"model {card.name!r} has no head dropout, so {request.measure} is not available")
-        if not 2 <= request.mc_samples <= 64:
-            raise InvalidInput(f"mc_samples must be 2..64, got {request.mc_samples}")
-        lock = served.batcher.exclusive() if served.batcher is not None else contextlib.nullcontext()
-        started = time.perf_counter()
-        try:
-            with lock:
-                if request.measure in MC_MEASURES:
-                    samples = predictor.mc_dropout_logits(image, request.mc_samples, request.mc_seed)
-                else:
-                    samples = predictor.tta_logits(image)
-        except ModelPackageError as exc:
-            raise FailedPrecondition(str(exc)) from None
-        inference = _Inference(None, seconds=time.perf_counter() - started)
-        maps = maps_from_samples(samples, card.temperature, request.measure,
-                                 keep_probabilities="probabilities" in request.outputs)
-        return maps, inference
+    def _map_options(request: SegmentRequest, want_embedding: bool = False) -> MapOptions:
+        return MapOptions(measure=request.measure, keep_probabilities="probabilities" in request.outputs,
+                          mc_samples=request.mc_samples, mc_seed=request.mc_seed, want_embedding=want_embedding)
 
     def _validate(self, request: SegmentRequest) -> None:
         unknown = set(request.outputs) - set(OUTPUTS)
@@ -175,7 +141,9 @@ class Engine:
             return decode_image(request.image, self.settings.max_image_pixels)
         return raw_image(request.image, self.settings.max_image_pixels)
 
-    def _encode(self, served: ServedModel, request: SegmentRequest, maps: SegmentationMaps) -> dict:
+    @staticmethod
+    def _encode(served: ServedModel, request: SegmentRequest, maps: SegmentationMaps) -> dict:
+        """The SegmentResult fields that describe the maps (keyword arguments)."""
         card = served.card
         encoded = {}
         if "mask" in request.outputs:

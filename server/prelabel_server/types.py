@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from prelabel_models.card import ModelCard
 from prelabel_models.postprocessing import MapSummary
 
@@ -69,6 +71,27 @@ class SegmentResult:
     mask: EncodedArray | None = None
     uncertainty: EncodedArray | None = None
     probabilities: EncodedArray | None = None
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    segment: SegmentRequest
+    return_embedding: bool = False
+    top_fraction: float = 0.05
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    model: str
+    version: str
+    measure: str
+    height: int
+    width: int
+    summary: MapSummary
+    class_names: list[str]
+    top_fraction: float
+    top_fraction_uncertainty: float
+    embedding: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

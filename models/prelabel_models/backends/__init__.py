@@ -28,6 +28,9 @@ class Backend(Protocol):
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def run_with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and image embeddings (N, D) from one forward pass."""
+
     def features(self, batch: np.ndarray) -> np.ndarray:
         """Images → decoder features (N, F, h, w): the deterministic part, run once for MC dropout."""
 

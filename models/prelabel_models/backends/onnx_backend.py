@@ -11,6 +11,7 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 FEATURES_NAME = "features"
 MASK_NAME = "dropout_mask"
+EMBEDDING_NAME = "embedding"
 
 
 class OnnxBackend:
@@ -37,6 +38,11 @@ class OnnxBackend:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    def run_with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, embedding = self.session.run([OUTPUT_NAME, EMBEDDING_NAME],
+                                             {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
+        return logits, embedding
 
     def features(self, batch: np.ndarray) -> np.ndarray:
         trunk, _ = self._split()

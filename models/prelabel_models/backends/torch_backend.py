@@ -27,6 +27,13 @@ class TorchBackend:
         self.network = network.to(self.device, memory_format=torch.channels_last)
 
     @torch.inference_mode()
+    def run_with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+            logits, embedding = self.network.logits_and_embedding(images)
+        return logits.float().cpu().numpy(), embedding.float().cpu().numpy()
+
+    @torch.inference_mode()
     def features(self, batch: np.ndarray) -> np.ndarray:
         images = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):

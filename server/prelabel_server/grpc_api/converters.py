@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto.errors import InvalidInput
-from prelabel_server.types import DEFAULT_OUTPUTS, EncodedArray, ModelStatus, RawPixels, SegmentRequest, SegmentResult
+from prelabel_models.postprocessing import MapSummary
+from prelabel_server.types import (
+    DEFAULT_OUTPUTS,
+    EncodedArray,
+    ModelStatus,
+    RawPixels,
+    ScoreRequest,
+    ScoreResult,
+    SegmentRequest,
+    SegmentResult,
+)
 
 _OUTPUTS = {pb.OUTPUT_MASK: "mask", pb.OUTPUT_UNCERTAINTY: "uncertainty", pb.OUTPUT_PROBABILITIES: "probabilities"}
 _MEASURES = {pb.UNCERTAINTY_MEASURE_UNSPECIFIED: "entropy", pb.UNCERTAINTY_MEASURE_ENTROPY: "entropy",
@@ -62,6 +72,26 @@ def segment_request(message: pb.PredictRequest) -> SegmentRequest:
     )
 
 
+def score_request(message: pb.ScoreRequest) -> ScoreRequest:
+    return ScoreRequest(segment=segment_request(message.request), return_embedding=message.return_embedding,
+                        top_fraction=message.top_fraction if message.HasField("top_fraction") else 0.05)
+
+
+def _class_summaries(summary: MapSummary, names: list[str]) -> list[pb.ClassSummary]:
+    return [pb.ClassSummary(class_id=c.class_id, name=names[c.class_id], pixel_fraction=c.pixel_fraction,
+                            mean_confidence=c.mean_confidence, mean_uncertainty=c.mean_uncertainty)
+            for c in summary.classes]
+
+
+def image_scores(result: ScoreResult) -> pb.ImageScores:
+    return pb.ImageScores(
+        model=result.model, model_version=result.version, uncertainty_measure=_MEASURE_ENUMS[result.measure],
+        mean_uncertainty=result.summary.mean_uncertainty, top_fraction_uncertainty=result.top_fraction_uncertainty,
+        top_fraction=result.top_fraction, classes=_class_summaries(result.summary, result.class_names),
+        embedding=result.embedding.tolist() if result.embedding is not None else [],
+        height=result.height, width=result.width)
+
+
 def _array(array: EncodedArray | None) -> pb.EncodedArray | None:
     if array is None:
         return None
@@ -77,9 +107,7 @@ def predict_response(result: SegmentResult) -> pb.PredictResponse:
         summary=pb.Summary(
             mean_uncertainty=summary.mean_uncertainty, uncertain_fraction=summary.uncertain_fraction,
             uncertainty_threshold=summary.uncertainty_threshold, uncertainty_measure=_MEASURE_ENUMS[result.measure],
-            classes=[pb.ClassSummary(class_id=c.class_id, name=result.class_names[c.class_id],
-                                     pixel_fraction=c.pixel_fraction, mean_confidence=c.mean_confidence)
-                     for c in summary.classes]),
+            classes=_class_summaries(summary, result.class_names)),
         timings=pb.Timings(decode_ms=result.timings.decode_ms, inference_ms=result.timings.inference_ms,
                            postprocess_ms=result.timings.postprocess_ms, total_ms=result.timings.total_ms,
                            queue_ms=result.timings.queue_ms),

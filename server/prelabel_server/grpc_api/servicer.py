@@ -7,15 +7,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 
 import grpc
+from google.protobuf.message import Message
 
 from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto import prelabel_pb2_grpc as pb_grpc
-from prelabel_proto.errors import PrelabelError
+from prelabel_proto.errors import PrelabelError, ResourceExhausted
 from prelabel_server.engine import Engine
 from prelabel_server.grpc_api import converters
 from prelabel_server.grpc_api.streaming import process_stream
 
 log = logging.getLogger(__name__)
+
+_ENVELOPE_BYTES = 64  # stream wrapper (id, oneof tag) around the checked message
 
 
 def caller_gone(context: grpc.ServicerContext) -> Callable[[], bool]:
@@ -32,8 +35,10 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
         self._max_in_flight = max_in_flight
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
-        return converters.predict_response(
+        response = converters.predict_response(
             self._engine.segment(converters.segment_request(request), caller_gone(context)))
+        self._check_size(response)
+        return response
 
     def PredictStream(self, request_iterator: Iterator[pb.PredictStreamRequest],
                       context: grpc.ServicerContext) -> Iterator[pb.PredictStreamResponse]:
@@ -55,14 +60,44 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
             self._on_models_changed()
         return pb.ReloadModelResponse(model=converters.model_info(status), previous_version=previous)
 
+    def Score(self, request_iterator: Iterator[pb.ScoreRequest],
+              context: grpc.ServicerContext) -> Iterator[pb.ScoreResponse]:
+        gone = caller_gone(context)
+        return process_stream(request_iterator, lambda item: self._score_item(item, gone),
+                              self._stream_executor, self._max_in_flight)
+
     def _stream_item(self, item: pb.PredictStreamRequest, gone: Callable[[], bool]) -> pb.PredictStreamResponse:
         """One streamed item; its failure becomes its own error response, never the stream's."""
+        outcome = self._item_outcome(
+            lambda: converters.predict_response(self._engine.segment(converters.segment_request(item.request), gone)),
+            item.id)
+        if isinstance(outcome, pb.ItemError):
+            return pb.PredictStreamResponse(id=item.id, error=outcome)
+        return pb.PredictStreamResponse(id=item.id, response=outcome)
+
+    def _score_item(self, item: pb.ScoreRequest, gone: Callable[[], bool]) -> pb.ScoreResponse:
+        outcome = self._item_outcome(
+            lambda: converters.image_scores(self._engine.score(converters.score_request(item), gone)), item.id)
+        if isinstance(outcome, pb.ItemError):
+            return pb.ScoreResponse(id=item.id, error=outcome)
+        return pb.ScoreResponse(id=item.id, scores=outcome)
+
+    def _item_outcome(self, run: Callable[[], Message], item_id: str) -> Message | pb.ItemError:
+        """``run()``, or the ItemError it raised; a result too large for one message is an error too."""
         try:
-            result = self._engine.segment(converters.segment_request(item.request), gone)
-            return pb.PredictStreamResponse(id=item.id, response=converters.predict_response(result))
+            message = run()
+            self._check_size(message)
+            return message
         except PrelabelError as exc:
-            return pb.PredictStreamResponse(id=item.id, error=pb.ItemError(code=exc.code.value[0], message=exc.message))
+            return pb.ItemError(code=exc.code.value[0], message=exc.message)
         except Exception:
-            log.exception("unexpected error on streamed item %r", item.id)
-            return pb.PredictStreamResponse(id=item.id, error=pb.ItemError(
-                code=grpc.StatusCode.INTERNAL.value[0], message="internal error: the server log has the details"))
+            log.exception("unexpected error on streamed item %r", item_id)
+            return pb.ItemError(code=grpc.StatusCode.INTERNAL.value[0],
+                                message="internal error: the server log has the details")
+
+    def _check_size(self, message: Message) -> None:
+        size, limit = message.ByteSize(), self._engine.settings.max_message_bytes
+        if size > limit - _ENVELOPE_BYTES:
+            raise ResourceExhausted(f"the response would be {size} bytes, over the server's message limit of {limit} "
+                                    "bytes (PRELABEL_MAX_MESSAGE_BYTES): ask for fewer outputs (probabilities are "
+                                    "the largest), a compact format, or a smaller image")

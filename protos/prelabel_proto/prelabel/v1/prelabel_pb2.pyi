@@ -120,16 +120,18 @@ class EncodedArray(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., format: _Optional[_Union[ArrayFormat, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ClassSummary(_message.Message):
-    __slots__ = ("class_id", "name", "pixel_fraction", "mean_confidence")
+    __slots__ = ("class_id", "name", "pixel_fraction", "mean_confidence", "mean_uncertainty")
     CLASS_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PIXEL_FRACTION_FIELD_NUMBER: _ClassVar[int]
     MEAN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     class_id: int
     name: str
     pixel_fraction: float
     mean_confidence: float
-    def __init__(self, class_id: _Optional[int] = ..., name: _Optional[str] = ..., pixel_fraction: _Optional[float] = ..., mean_confidence: _Optional[float] = ...) -> None: ...
+    mean_uncertainty: float
+    def __init__(self, class_id: _Optional[int] = ..., name: _Optional[str] = ..., pixel_fraction: _Optional[float] = ..., mean_confidence: _Optional[float] = ..., mean_uncertainty: _Optional[float] = ...) -> None: ...
 
 class Summary(_message.Message):
     __slots__ = ("mean_uncertainty", "uncertain_fraction", "uncertainty_threshold", "classes", "uncertainty_measure")
@@ -312,3 +314,49 @@ class ReloadModelResponse(_message.Message):
     model: ModelInfo
     previous_version: str
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., previous_version: _Optional[str] = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("id", "request", "return_embedding", "top_fraction")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    RETURN_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    TOP_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    request: PredictRequest
+    return_embedding: bool
+    top_fraction: float
+    def __init__(self, id: _Optional[str] = ..., request: _Optional[_Union[PredictRequest, _Mapping]] = ..., return_embedding: _Optional[bool] = ..., top_fraction: _Optional[float] = ...) -> None: ...
+
+class ImageScores(_message.Message):
+    __slots__ = ("model", "model_version", "uncertainty_measure", "mean_uncertainty", "top_fraction_uncertainty", "top_fraction", "classes", "embedding", "height", "width")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAINTY_MEASURE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    TOP_FRACTION_UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    TOP_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: str
+    uncertainty_measure: UncertaintyMeasure
+    mean_uncertainty: float
+    top_fraction_uncertainty: float
+    top_fraction: float
+    classes: _containers.RepeatedCompositeFieldContainer[ClassSummary]
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    height: int
+    width: int
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., uncertainty_measure: _Optional[_Union[UncertaintyMeasure, str]] = ..., mean_uncertainty: _Optional[float] = ..., top_fraction_uncertainty: _Optional[float] = ..., top_fraction: _Optional[float] = ..., classes: _Optional[_Iterable[_Union[ClassSummary, _Mapping]]] = ..., embedding: _Optional[_Iterable[float]] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("id", "scores", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    scores: ImageScores
+    error: ItemError
+    def __init__(self, id: _Optional[str] = ..., scores: _Optional[_Union[ImageScores, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...

@@ -67,6 +67,11 @@ class PrelabelServiceStub:
                 request_serializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ReloadModelRequest.SerializeToString,
                 response_deserializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ReloadModelResponse.FromString,
                 _registered_method=True)
+        self.Score = channel.stream_stream(
+                '/prelabel.v1.PrelabelService/Score',
+                request_serializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ScoreResponse.FromString,
+                _registered_method=True)
 
 
 class PrelabelServiceServicer:
@@ -123,6 +128,15 @@ class PrelabelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Score(self, request_iterator, context):
+        """Score ranks a pool cheaply: images in, per-image uncertainty scores (and, on request, an
+        embedding for diversity-aware selection) out; no maps travel back. Same stream semantics as
+        PredictStream (ids echoed, out of order, per-item errors, bounded in-flight items).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PrelabelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +164,11 @@ def add_PrelabelServiceServicer_to_server(servicer, server):
                     servicer.ReloadModel,
                     request_deserializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ReloadModelRequest.FromString,
                     response_serializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ReloadModelResponse.SerializeToString,
+            ),
+            'Score': grpc.stream_stream_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ScoreRequest.FromString,
+                    response_serializer=prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ScoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -295,6 +314,33 @@ class PrelabelService:
             '/prelabel.v1.PrelabelService/ReloadModel',
             prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ReloadModelRequest.SerializeToString,
             prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ReloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/prelabel.v1.PrelabelService/Score',
+            prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ScoreRequest.SerializeToString,
+            prelabel__proto_dot_prelabel_dot_v1_dot_prelabel__pb2.ScoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

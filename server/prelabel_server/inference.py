@@ -1,0 +1,129 @@
+"""How one decoded image becomes maps on a served model: through the dynamic batcher, as streamed
+tiles, or as several stochastic predictions (MC dropout, test-time augmentation)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from prelabel_models.epistemic import MC_MEASURES, SAMPLED_MEASURES
+from prelabel_models.package import ModelPackageError
+from prelabel_models.postprocessing import SegmentationMaps, maps_from_samples, segment_bands, segment_maps
+from prelabel_proto.errors import FailedPrecondition, InvalidInput
+from prelabel_server.batching import CallerGone
+from prelabel_server.registry import ServedModel
+
+
+@dataclass
+class InferenceInfo:
+    """What inference cost and how it ran (for timings and debug fields)."""
+
+    seconds: float = 0.0
+    batch_size: int = 1
+    queue_ms: float = 0.0
+    embedding: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    measure: str
+    keep_probabilities: bool = False
+    mc_samples: int = 8
+    mc_seed: int = 0
+    want_embedding: bool = False
+
+
+def compute_maps(served: ServedModel, image: np.ndarray, options: MapOptions,
+                 caller_gone: CallerGone) -> tuple[SegmentationMaps, InferenceInfo]:
+    """The maps of ``image`` on ``served``, choosing the path its size and measure need."""
+    if options.measure in SAMPLED_MEASURES:
+        maps, info = _sampled(served, image, options)
+    elif served.predictor.needs_tiling(*image.shape[:2]):
+        maps, info = _tiled(served, image, options)
+    elif options.want_embedding:
+        return _with_embedding(served, image, options)
+    else:
+        maps, info = _batched(served, image, options, caller_gone)
+    if options.want_embedding:
+        with _exclusive(served):
+            info.embedding = served.predictor.embedding(image)
+    return maps, info
+
+
+def _exclusive(served: ServedModel) -> contextlib.AbstractContextManager:
+    """Holds the model between batches (a no-op without batching)."""
+    return served.batcher.exclusive() if served.batcher is not None else contextlib.nullcontext()
+
+
+def _maps(served: ServedModel, logits: np.ndarray, options: MapOptions) -> SegmentationMaps:
+    return segment_maps(logits, served.card.temperature, options.measure, options.keep_probabilities)
+
+
+def _batched(served: ServedModel, image: np.ndarray, options: MapOptions,
+             caller_gone: CallerGone) -> tuple[SegmentationMaps, InferenceInfo]:
+    started = time.perf_counter()
+    if served.batcher is None:
+        logits, info = served.predictor.logits(image), InferenceInfo()
+    else:
+        batched = served.batcher.submit(image, caller_gone).result()
+        logits, info = batched.logits, InferenceInfo(batch_size=batched.batch_size, queue_ms=batched.queue_ms)
+    info.seconds = time.perf_counter() - started
+    return _maps(served, logits, options), info
+
+
+def _with_embedding(served: ServedModel, image: np.ndarray, options: MapOptions) -> tuple[SegmentationMaps, InferenceInfo]:
+    """Logits and embedding from one forward pass (pool scoring)."""
+    started = time.perf_counter()
+    with _exclusive(served):
+        logits, embedding = served.predictor.logits_and_embedding(image)
+    info = InferenceInfo(seconds=time.perf_counter() - started, embedding=embedding)
+    return _maps(served, logits, options), info
+
+
+def _tiled(served: ServedModel, image: np.ndarray, options: MapOptions) -> tuple[SegmentationMaps, InferenceInfo]:
+    """Streams tiles' logits straight into the maps, holding the model between batches."""
+    info = InferenceInfo()
+    bands = _timed(served.predictor.logit_bands(image), info)
+    with _exclusive(served):
+        maps = segment_bands(bands, served.card.num_classes, *image.shape[:2], served.card.temperature,
+                             options.measure, options.keep_probabilities)
+    return maps, info
+
+
+def _timed(bands: Iterator[tuple[slice, np.ndarray]], info: InferenceInfo) -> Iterator[tuple[slice, np.ndarray]]:
+    """Counts the time spent producing each band (the network) into ``info.seconds``."""
+    while True:
+        started = time.perf_counter()
+        band = next(bands, None)
+        info.seconds += time.perf_counter() - started
+        if band is None:
+            return
+        yield band
+
+
+def _sampled(served: ServedModel, image: np.ndarray, options: MapOptions) -> tuple[SegmentationMaps, InferenceInfo]:
+    """MC dropout or test-time augmentation: several predictions of one image, run alone."""
+    card, predictor = served.card, served.predictor
+    height, width = image.shape[:2]
+    if predictor.needs_tiling(height, width):
+        raise InvalidInput(f"{options.measure} works on images up to {card.tile_size} pixels a side; this one is "
+                           f"{width}x{height}: use entropy, margin or least_confidence for large images")
+    if options.measure in MC_MEASURES and card.head_dropout <= 0:
+        raise InvalidInput(f"model {card.name!r} has no head dropout, so {options.measure} is not available")
+    if not 2 <= options.mc_samples <= 64:
+        raise InvalidInput(f"mc_samples must be 2..64, got {options.mc_samples}")
+    started = time.perf_counter()
+    try:
+        with _exclusive(served):
+            if options.measure in MC_MEASURES:
+                samples = predictor.mc_dropout_logits(image, options.mc_samples, options.mc_seed)
+            else:
+                samples = predictor.tta_logits(image)
+    except ModelPackageError as exc:
+        raise FailedPrecondition(str(exc)) from None
+    info = InferenceInfo(seconds=time.perf_counter() - started)
+    return maps_from_samples(samples, card.temperature, options.measure, options.keep_probabilities), info
