@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prelabel_client.client import PreLabelClient
+from prelabel_proto.errors import PrelabelError
 from prelabel_models.evaluation.cli import register as add_evaluation_commands
 
 MEASURES = ["entropy", "margin", "least_confidence", "mc_entropy", "mutual_information", "mc_variance",
@@ -106,8 +107,9 @@ def _models(args: argparse.Namespace) -> int:
     with PreLabelClient(args.server, timeout=args.timeout, token=args.token) as client:
         for info in client.models():
             marker = "*" if info.is_default else " "
+            error = info.error.splitlines()[0] if info.error else ""
             print(f"{marker} {info.name:<16} v{info.version:<6} {info.state:<8} {info.architecture}/{info.encoder} "
-                  f"on {info.backend or '-'} ({info.device or '-'}), {len(info.classes)} classes {info.error}")
+                  f"on {info.backend or '-'} ({info.device or '-'}), {len(info.classes)} classes {error}")
     return 0
 
 
@@ -202,7 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except PrelabelError as exc:  # the server's answer, said plainly: no traceback
+        print(f"prelabel: {exc.code.name}: {exc.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

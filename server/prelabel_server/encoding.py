@@ -65,9 +65,15 @@ ENCODERS: dict[str, dict[str, Encoder]] = {
 }
 
 
+def _api_name(format_: str) -> str:
+    """The protocol's name of a format (ArrayFormat enum value)."""
+    return f"ARRAY_FORMAT_{format_.upper()}"
+
+
 def check_format(output: str, format_: str) -> None:
     if format_ not in ENCODERS[output]:
-        raise InvalidInput(f"format {format_!r} is not available for {output}: use one of {sorted(ENCODERS[output])}")
+        allowed = [_api_name(f) for f in ENCODERS[output]]
+        raise InvalidInput(f"{_api_name(format_)} is not available for the {output}: use one of {allowed}")
 
 
 def encode(output: str, format_: str, array: np.ndarray, palette: list[tuple[int, int, int]] | None = None) -> EncodedArray:

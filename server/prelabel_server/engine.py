@@ -19,7 +19,7 @@ from prelabel_models.uncertainty import UNCERTAINTY_MEASURES
 from prelabel_proto.errors import InvalidInput, ModelUnavailable, PrelabelError
 from prelabel_server import encoding, metrics
 from prelabel_server.batching import CallerGone, ModelRetired
-from prelabel_server.imaging import decode_image, raw_image
+from prelabel_server.imaging import ImageLimits, decode_image, raw_image
 from prelabel_server.inference import MapOptions, compute_maps
 from prelabel_server.registry import ModelRegistry, ServedModel
 from prelabel_server.settings import ServerSettings
@@ -137,9 +137,10 @@ class Engine:
         encoding.check_format("probabilities", request.probabilities_format)
 
     def _decode(self, request: SegmentRequest) -> np.ndarray:
+        limits = ImageLimits(self.settings.max_image_pixels, self.settings.max_image_side)
         if isinstance(request.image, bytes):
-            return decode_image(request.image, self.settings.max_image_pixels)
-        return raw_image(request.image, self.settings.max_image_pixels)
+            return decode_image(request.image, limits)
+        return raw_image(request.image, limits)
 
     @staticmethod
     def _encode(served: ServedModel, request: SegmentRequest, maps: SegmentationMaps) -> dict:

@@ -7,6 +7,7 @@ before a single pixel is decoded; the pixels are then decoded with OpenCV.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -22,13 +23,26 @@ SUPPORTED_FORMATS = {"PNG", "JPEG", "TIFF", "BMP", "WEBP"}
 _JPEG_END = b"\xff\xd9"
 
 
-def _check_pixels(height: int, width: int, max_pixels: int) -> None:
+@dataclass(frozen=True)
+class ImageLimits:
+    """What the server accepts: total pixels (the decompression-bomb guard) and the longest side
+    (a thin strip within the pixel limit would still pad and tile into far more work)."""
+
+    max_pixels: int
+    max_side: int
+
+
+def _check_size(height: int, width: int, limits: ImageLimits) -> None:
     if height <= 0 or width <= 0:
         raise InvalidInput(f"image is {width}x{height} pixels: it must have at least one pixel")
-    if height * width > max_pixels:
+    if height * width > limits.max_pixels:
         raise ResourceExhausted(
-            f"image is {width}x{height} = {height * width} pixels, over the server's limit of {max_pixels} "
+            f"image is {width}x{height} = {height * width} pixels, over the server's limit of {limits.max_pixels} "
             "pixels (setting PRELABEL_MAX_IMAGE_PIXELS): send a smaller image or raise the limit")
+    if max(height, width) > limits.max_side:
+        raise ResourceExhausted(
+            f"image is {width}x{height} pixels; its longer side is over the server's limit of {limits.max_side} "
+            "pixels (setting PRELABEL_MAX_IMAGE_SIDE): send a smaller image or raise the limit")
 
 
 def _probe(data: bytes) -> tuple[str, int, int]:
@@ -47,14 +61,14 @@ def _probe(data: bytes) -> tuple[str, int, int]:
     return format_ or "", width, height
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
     """Encoded bytes → (H, W, 3) uint8 RGB. Grey is replicated, alpha dropped, 16-bit scaled to 8."""
     if not data:
         raise InvalidInput("image is empty: set image.encoded to the file's bytes or image.raw to pixels")
     format_, width, height = _probe(data)
     if format_ not in SUPPORTED_FORMATS:
         raise InvalidInput(f"image format {format_} is not supported: send one of {sorted(SUPPORTED_FORMATS)}")
-    _check_pixels(height, width, max_pixels)
+    _check_size(height, width, limits)
     if format_ == "JPEG" and not data.rstrip(b"\x00").endswith(_JPEG_END):
         raise InvalidInput("JPEG is truncated (no end-of-image marker): send the whole file")
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -63,11 +77,11 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     return _to_rgb8(_to_uint8(pixels), bgr=True)
 
 
-def raw_image(raw: RawPixels, max_pixels: int) -> np.ndarray:
+def raw_image(raw: RawPixels, limits: ImageLimits) -> np.ndarray:
     """A raw uint8 array with its declared shape → (H, W, 3) uint8 RGB."""
     if raw.channels not in (1, 3, 4):
         raise InvalidInput(f"raw image has {raw.channels} channels: use 1 (grey), 3 (RGB) or 4 (RGBA)")
-    _check_pixels(raw.height, raw.width, max_pixels)
+    _check_size(raw.height, raw.width, limits)
     expected = raw.height * raw.width * raw.channels
     if len(raw.data) != expected:
         raise InvalidInput(f"raw image data is {len(raw.data)} bytes but height x width x channels = "

@@ -51,6 +51,8 @@ class ModelRegistry:
             served = self._load(folder)
             with self._lock:
                 if served.name in self._models:
+                    if served.batcher is not None:
+                        served.batcher.stop()
                     key = f"{served.name}@{folder.name}"  # its own name, so health and ListModels tell them apart
                     served = ServedModel(key, folder, "failed", served.card,
                                          error=f"duplicate model name {served.name!r} (also in {self._models[served.name].folder})")
@@ -157,8 +159,11 @@ class ModelRegistry:
     def ready(self, name: str, version: str = "") -> ServedModel:
         """The named (or default) model if it can serve now."""
         served = self.get(name)
+        if served.state == "failed":  # permanent until fixed and reloaded: retrying would not help
+            raise FailedPrecondition(f"model {served.name!r} failed to load: {served.error} "
+                                     "(fix the package, then ReloadModel)")
         if served.state != "ready" or served.predictor is None or served.card is None:
-            raise ModelUnavailable(f"model {served.name!r} is not ready ({served.state}): {served.error or 'still loading'}")
+            raise ModelUnavailable(f"model {served.name!r} is still loading: retry shortly")
         if version and version != served.card.version:
             raise ModelNotFound(f"model {served.name!r} has no version {version!r}; serving version {served.card.version!r}")
         return served

@@ -36,6 +36,7 @@ class ServerSettings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest image, height x width (also the decompression-bomb guard).")
     batching: bool = Field(default=True, description="Dynamic batching per model; off runs each request on its own thread at once.")
     max_queue_size: int = Field(default=64, ge=1, description="Requests queued per model before new ones get RESOURCE_EXHAUSTED.")
+    max_image_side: int = Field(default=20_000, ge=16, description="Longest image side accepted, in pixels.")
     tile_batch: int = Field(default=4, ge=1, description="Tiles of a large image run through the network together.")
     auth_token: str = Field(default="", description="If set, every call must send 'authorization: Bearer <token>'.")
     tls_certificate: Path | None = Field(default=None, description="PEM certificate chain: serve TLS instead of plaintext.")

@@ -3,6 +3,9 @@ deadlines, and retries on UNAVAILABLE only."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 from collections.abc import Iterator
 
 import grpc
@@ -13,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from prelabel_client import InvalidInput, ModelUnavailable, PreLabelClient
 from prelabel_proto import SERVICE_NAME
-from prelabel_proto.errors import DeadlineExceeded, Unauthenticated
+from prelabel_proto.errors import DeadlineExceeded, FailedPrecondition, Unauthenticated
 from prelabel_server.grpc_api.server import RunningServer
 
 TOKEN = "s3cret-token"
@@ -68,17 +71,36 @@ class TestDeadlinesAndRetries:
             onnx_client.predict(camvid_val_images[0], timeout=0.001)
         assert onnx_client.predict(small_camvid_png).ok
 
-    def test_unavailable_is_retried_and_nothing_else_is(self, onnx_server: RunningServer, small_camvid_png: bytes) -> None:
+    def test_permanent_errors_are_not_retried(self, onnx_server: RunningServer, small_camvid_png: bytes) -> None:
         """Counted by the server's own request metric (the test server runs in this process)."""
         with PreLabelClient(onnx_server.address, retries=2, timeout=60) as client:
-            before = _requests("broken", "unavailable"), _requests("unet", "invalid_argument")
-            with pytest.raises(ModelUnavailable):
-                client.predict(small_camvid_png, model="broken")  # failed to load: UNAVAILABLE
+            before = _requests("broken", "failed_precondition"), _requests("unet", "invalid_argument")
+            with pytest.raises(FailedPrecondition):
+                client.predict(small_camvid_png, model="broken")  # failed to load: permanent until reloaded
             with pytest.raises(InvalidInput):
                 client.predict(b"not an image", model="unet")
-            after = _requests("broken", "unavailable"), _requests("unet", "invalid_argument")
-        assert (after[0] - before[0], after[1] - before[1]) == (3, 1)  # 1 + 2 retries; never retried
+            after = _requests("broken", "failed_precondition"), _requests("unet", "invalid_argument")
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+    def test_unavailable_is_retried_with_back_off(self) -> None:
+        """Nothing listens on the port: each attempt fails at once with UNAVAILABLE, so the time a
+        call takes is the retry policy's back-off (0.2 + 0.4 + 0.8 s, jittered by at most 20 %)."""
+        durations = {}
+        for retries in (0, 3):
+            with PreLabelClient(f"127.0.0.1:{_closed_port()}", retries=retries, timeout=30) as client:
+                started = time.perf_counter()
+                with pytest.raises(ModelUnavailable):
+                    client.models()
+                durations[retries] = time.perf_counter() - started
+        assert durations[3] >= 1.0 > durations[0], durations
 
     def test_no_server_is_unavailable(self) -> None:
         with PreLabelClient("127.0.0.1:1", retries=0, timeout=10) as client, pytest.raises(ModelUnavailable):
             client.models()
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

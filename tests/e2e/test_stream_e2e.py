@@ -84,6 +84,6 @@ def test_each_item_gets_its_own_status_code(onnx_server: RunningServer, small_ca
         responses = {r.id: r for r in pb_grpc.PrelabelServiceStub(channel).PredictStream(iter(requests), timeout=120)}
     assert responses["good"].WhichOneof("outcome") == "response"
     codes = {id_: _CODE_NAMES[r.error.code] for id_, r in responses.items() if id_ != "good"}
-    assert codes == {"unknown-model": "NOT_FOUND", "failed-model": "UNAVAILABLE", "bad-raw": "INVALID_ARGUMENT",
+    assert codes == {"unknown-model": "NOT_FOUND", "failed-model": "FAILED_PRECONDITION", "bad-raw": "INVALID_ARGUMENT",
                      "bad-option": "INVALID_ARGUMENT"}
     assert all(responses[id_].error.message for id_ in codes)

@@ -72,6 +72,8 @@ CASES: dict[str, tuple[Callable[[bytes], pb.PredictRequest], grpc.StatusCode, tu
     "raw-wrong-byte-count": (lambda png: pb.PredictRequest(image=_raw(b"\0" * 100, 10, 10, 3)), INVALID,
                              ("100 bytes", "needs 300 bytes")),
     "raw-two-channels": (lambda png: pb.PredictRequest(image=_raw(b"\0" * 200, 10, 10, 2)), INVALID, ("2 channels",)),
+    "raw-thin-strip-over-side-limit": (lambda png: pb.PredictRequest(image=_raw(b"\0" * 90_000, 1, 30_000, 3)),
+                                       EXHAUSTED, ("30000x1", "longer side", "PRELABEL_MAX_IMAGE_SIDE")),
     "raw-zero-height": (lambda png: pb.PredictRequest(image=_raw(b"", 0, 10, 3)), INVALID, ("at least one pixel",)),
     "raw-over-pixel-limit": (lambda png: pb.PredictRequest(image=_raw(b"", 10_000, 5_000, 1)), EXHAUSTED,
                              ("50000000 pixels", "limit")),
@@ -82,7 +84,7 @@ CASES: dict[str, tuple[Callable[[bytes], pb.PredictRequest], grpc.StatusCode, tu
     "unknown-mask-format": (lambda png: _request(png, mask_format=99), INVALID, ("mask_format", "99")),
     "unknown-output": (lambda png: _request(png, outputs=[pb.OUTPUT_MASK, 42]), INVALID, ("outputs", "42")),
     "format-not-for-masks": (lambda png: _request(png, mask_format=pb.ARRAY_FORMAT_RAW_FLOAT16), INVALID,
-                             ("raw_float16", "mask", "png_uint8")),
+                             ("ARRAY_FORMAT_RAW_FLOAT16", "mask", "ARRAY_FORMAT_PNG_UINT8")),
     "threshold-out-of-range": (lambda png: _request(png, uncertainty_threshold=1.5), INVALID, ("(0, 1)", "1.5")),
 }
 

@@ -9,7 +9,8 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from prelabel_client import ModelNotFound, ModelUnavailable, PreLabelClient
+from prelabel_client import ModelNotFound, PreLabelClient
+from prelabel_proto.errors import FailedPrecondition
 from prelabel_proto import SERVICE_NAME
 from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto import prelabel_pb2_grpc as pb_grpc
@@ -108,8 +109,8 @@ class TestModels:
 
     def test_predict_on_a_failed_model_is_unavailable_and_says_why(self, client: PreLabelClient, server: RunningServer,
                                                                    small_camvid_png: bytes) -> None:
-        with pytest.raises(ModelUnavailable, match="failed") as raised:
+        with pytest.raises(FailedPrecondition, match="failed") as raised:
             client.predict(small_camvid_png, model="broken")
-        assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+        assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert "missing" in raised.value.message
         assert client.predict(small_camvid_png).ok  # the others keep serving

@@ -101,6 +101,8 @@ def serve(settings: ServerSettings) -> None:
     for status in running.engine.models():
         log.info("model %-20s %-7s %s %s %s", status.name, status.state, status.backend, status.device, status.error)
     print(f"prelabel serving on {running.address} (default model: {running.engine.registry.default_name or 'none'})", flush=True)
+    if not running.engine.registry.default_name:
+        log.warning("no model is ready: health is NOT_SERVING until a package loads (fix it, then ReloadModel)")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
