@@ -113,6 +113,24 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _select(args: argparse.Namespace) -> int:
+    from prelabel_client.selection import rank_pool, write_report, write_selection
+    from prelabel_models.image_files import list_images
+
+    images = list_images(args.pool)
+    with PreLabelClient(args.server, timeout=args.timeout, token=args.token) as client:
+        selection = rank_pool(client, images, args.budget, args.strategy, score=args.score, measure=args.measure,
+                              model=args.model, seed=args.seed)
+        write_selection(selection, args.out)
+        report = args.report or args.out.with_suffix(".html")
+        write_report(client, selection, report)
+    print(f"chose {len(selection.selected)} of {len(selection.ranked)} images ({args.strategy}); "
+          f"list: {args.out.resolve()}; report: {report.resolve()}")
+    for name, error in selection.failed.items():
+        print(f"FAILED {name}: {error}")
+    return 0 if not selection.failed else 1
+
+
 def _reload(args: argparse.Namespace) -> int:
     with PreLabelClient(args.server, timeout=args.timeout, token=args.token) as client:
         info, previous = client.reload_model(args.name)
@@ -175,6 +193,22 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="list the server's models")
     _add_client_options(models)
     models.set_defaults(handler=_models)
+
+    select = commands.add_parser("select", help="rank a folder of unlabelled images and pick the next K to label")
+    select.add_argument("pool", type=Path, help="folder of unlabelled images")
+    select.add_argument("--budget", type=int, required=True, help="how many images to pick")
+    select.add_argument("--strategy", default="diverse", choices=["uncertainty", "diverse", "random"],
+                        help="uncertainty: the K highest scores; diverse: uncertain and varied (k-center over "
+                             "embeddings); random: the baseline (default diverse)")
+    select.add_argument("--score", default="top_fraction", choices=["mean", "top_fraction", "class_balanced"],
+                        help="image score from the pixel uncertainty (default top_fraction: mean of the 5%% most uncertain)")
+    select.add_argument("--measure", default="entropy", choices=MEASURES, help="pixel uncertainty (default entropy)")
+    select.add_argument("--model", default="", help="model name (default: the server's default)")
+    select.add_argument("--seed", type=int, default=0, help="seed for the random strategy")
+    select.add_argument("--out", type=Path, required=True, help="selection JSON to write")
+    select.add_argument("--report", type=Path, help="HTML report (default: --out with .html)")
+    _add_client_options(select)
+    select.set_defaults(handler=_select)
 
     reload = commands.add_parser("reload", help="load a model package again and swap it in (new version)")
     reload.add_argument("name", help="model name")
