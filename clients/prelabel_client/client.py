@@ -29,7 +29,8 @@ from prelabel_proto.errors import InvalidInput, PrelabelError, error_for_code
 ImageInput = Union[str, Path, bytes, np.ndarray]
 ResultT = TypeVar("ResultT")
 
-_OUTPUT_ENUMS = {"mask": pb.OUTPUT_MASK, "uncertainty": pb.OUTPUT_UNCERTAINTY, "probabilities": pb.OUTPUT_PROBABILITIES}
+_OUTPUT_ENUMS = {"mask": pb.OUTPUT_MASK, "uncertainty": pb.OUTPUT_UNCERTAINTY, "probabilities": pb.OUTPUT_PROBABILITIES,
+                 "review_regions": pb.OUTPUT_REVIEW_REGIONS}
 _MEASURE_ENUMS = {name.removeprefix("UNCERTAINTY_MEASURE_").lower(): value
                   for name, value in pb.UncertaintyMeasure.items() if value != pb.UNCERTAINTY_MEASURE_UNSPECIFIED}
 _FORMAT_ENUMS = {"png_uint8": pb.ARRAY_FORMAT_PNG_UINT8, "png_uint16": pb.ARRAY_FORMAT_PNG_UINT16,
@@ -105,7 +106,8 @@ class PreLabelClient:
                 outputs: Iterable[str] = ("mask", "uncertainty"), measure: str = "entropy",
                 mask_format: str = "png_uint8", uncertainty_format: str = "png_uint8",
                 probabilities_format: str = "raw_float16", uncertainty_threshold: float | None = None,
-                mc_samples: int | None = None, mc_seed: int = 0) -> pb.PredictRequest:
+                mc_samples: int | None = None, mc_seed: int = 0,
+                max_review_regions: int | None = None) -> pb.PredictRequest:
         """Builds the PredictRequest that ``predict`` sends (useful to send many alike)."""
         message = pb.PredictRequest(
             model=model, model_version=model_version, image=image_message(image),
@@ -116,6 +118,8 @@ class PreLabelClient:
             message.uncertainty_threshold = uncertainty_threshold
         if mc_samples is not None:
             message.mc_samples = mc_samples
+        if max_review_regions is not None:
+            message.max_review_regions = max_review_regions
         return message
 
     def predict(self, image: ImageInput, *, timeout: float | None = None, **options: object) -> Prediction:

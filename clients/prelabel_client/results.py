@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -35,6 +35,18 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class ReviewRegion:
+    """An uncertain area to check first (asked for with outputs including "review_regions")."""
+
+    box: tuple[int, int, int, int]        # x, y, width, height
+    polygon: list[tuple[int, int]]
+    area: int
+    mean_uncertainty: float
+    expected_errors: float
+    class_ids: list[int]
+
+
+@dataclass(frozen=True)
 class Prediction:
     """One image's pre-annotation. ``mask`` and ``uncertainty`` have the image's height and width."""
 
@@ -49,6 +61,7 @@ class Prediction:
     timings_ms: dict[str, float]
     tiles: int
     response: pb.PredictResponse
+    review_regions: list[ReviewRegion] = field(default_factory=list)
     ok: bool = True
 
 
@@ -148,6 +161,9 @@ def prediction_from_response(response: pb.PredictResponse) -> Prediction:
         probabilities=_unit_map(response.probabilities) if response.HasField("probabilities") else None,
         summary=summary, model=response.model, model_version=response.model_version, backend=response.backend,
         device=response.device, tiles=response.tiles, response=response,
+        review_regions=[ReviewRegion((r.x, r.y, r.width, r.height), list(zip(r.polygon[::2], r.polygon[1::2])),
+                                     r.area, r.mean_uncertainty, r.expected_errors, list(r.class_ids))
+                        for r in response.review_regions],
         timings_ms={"decode": timings.decode_ms, "inference": timings.inference_ms,
                     "postprocess": timings.postprocess_ms, "total": timings.total_ms},
     )

@@ -15,6 +15,7 @@ import numpy as np
 from prelabel_models.acquisition import top_fraction_score
 from prelabel_models.epistemic import SAMPLED_MEASURES
 from prelabel_models.postprocessing import SegmentationMaps, summarize
+from prelabel_models.review import review_regions
 from prelabel_models.uncertainty import UNCERTAINTY_MEASURES
 from prelabel_proto.errors import InvalidInput, ModelUnavailable, PrelabelError
 from prelabel_server import encoding, metrics
@@ -130,6 +131,8 @@ class Engine:
         if request.measure not in UNCERTAINTY_MEASURES and request.measure not in SAMPLED_MEASURES:
             raise InvalidInput(f"unknown uncertainty measure {request.measure!r}: choose from "
                                f"{sorted(UNCERTAINTY_MEASURES) + list(SAMPLED_MEASURES)}")
+        if not 1 <= request.max_review_regions <= 100:
+            raise InvalidInput(f"max_review_regions must be 1..100, got {request.max_review_regions}")
         if not 0.0 < request.uncertainty_threshold < 1.0:
             raise InvalidInput(f"uncertainty_threshold must be in (0, 1), got {request.uncertainty_threshold}")
         encoding.check_format("mask", request.mask_format)
@@ -153,6 +156,10 @@ class Engine:
             encoded["uncertainty"] = encoding.encode("uncertainty", request.uncertainty_format, maps.uncertainty)
         if maps.probabilities is not None:
             encoded["probabilities"] = encoding.encode("probabilities", request.probabilities_format, maps.probabilities)
+        if "review_regions" in request.outputs:
+            encoded["review_regions"] = review_regions(maps.uncertainty, maps.confidence, maps.mask,
+                                                       request.uncertainty_threshold,
+                                                       max_regions=request.max_review_regions)
         return dict(model=served.name, version=card.version, backend=served.backend, device=served.device,
                     height=int(maps.mask.shape[0]), width=int(maps.mask.shape[1]),
                     summary=summarize(maps, card.num_classes, request.uncertainty_threshold),

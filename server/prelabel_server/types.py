@@ -8,8 +8,9 @@ import numpy as np
 
 from prelabel_models.card import ModelCard
 from prelabel_models.postprocessing import MapSummary
+from prelabel_models.review import ReviewRegion
 
-OUTPUTS = ("mask", "uncertainty", "probabilities")
+OUTPUTS = ("mask", "uncertainty", "probabilities", "review_regions")
 DEFAULT_OUTPUTS = frozenset({"mask", "uncertainty"})
 
 
@@ -36,6 +37,7 @@ class SegmentRequest:
     uncertainty_threshold: float = 0.5
     mc_samples: int = 8
     mc_seed: int = 0
+    max_review_regions: int = 10
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class SegmentResult:
     mask: EncodedArray | None = None
     uncertainty: EncodedArray | None = None
     probabilities: EncodedArray | None = None
+    review_regions: list[ReviewRegion] | None = None
 
 
 @dataclass(frozen=True)

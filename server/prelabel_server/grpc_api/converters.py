@@ -5,6 +5,7 @@ from __future__ import annotations
 from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto.errors import InvalidInput
 from prelabel_models.postprocessing import MapSummary
+from prelabel_models.review import ReviewRegion
 from prelabel_server.types import (
     DEFAULT_OUTPUTS,
     EncodedArray,
@@ -16,7 +17,8 @@ from prelabel_server.types import (
     SegmentResult,
 )
 
-_OUTPUTS = {pb.OUTPUT_MASK: "mask", pb.OUTPUT_UNCERTAINTY: "uncertainty", pb.OUTPUT_PROBABILITIES: "probabilities"}
+_OUTPUTS = {pb.OUTPUT_MASK: "mask", pb.OUTPUT_UNCERTAINTY: "uncertainty", pb.OUTPUT_PROBABILITIES: "probabilities",
+            pb.OUTPUT_REVIEW_REGIONS: "review_regions"}
 _MEASURES = {pb.UNCERTAINTY_MEASURE_UNSPECIFIED: "entropy", pb.UNCERTAINTY_MEASURE_ENTROPY: "entropy",
              pb.UNCERTAINTY_MEASURE_MARGIN: "margin", pb.UNCERTAINTY_MEASURE_LEAST_CONFIDENCE: "least_confidence",
              pb.UNCERTAINTY_MEASURE_MC_ENTROPY: "mc_entropy",
@@ -69,6 +71,7 @@ def segment_request(message: pb.PredictRequest) -> SegmentRequest:
         uncertainty_threshold=message.uncertainty_threshold if message.HasField("uncertainty_threshold") else 0.5,
         mc_samples=message.mc_samples if message.HasField("mc_samples") else 8,
         mc_seed=message.mc_seed,
+        max_review_regions=message.max_review_regions if message.HasField("max_review_regions") else 10,
     )
 
 
@@ -92,6 +95,12 @@ def image_scores(result: ScoreResult) -> pb.ImageScores:
         height=result.height, width=result.width)
 
 
+def _review_region(region: ReviewRegion) -> pb.ReviewRegion:
+    return pb.ReviewRegion(x=region.x, y=region.y, width=region.width, height=region.height, area=region.area,
+                           polygon=[c for point in region.polygon for c in point], class_ids=list(region.class_ids),
+                           mean_uncertainty=region.mean_uncertainty, expected_errors=region.expected_errors)
+
+
 def _array(array: EncodedArray | None) -> pb.EncodedArray | None:
     if array is None:
         return None
@@ -104,6 +113,7 @@ def predict_response(result: SegmentResult) -> pb.PredictResponse:
         model=result.model, model_version=result.version, backend=result.backend, device=result.device,
         height=result.height, width=result.width, tiles=result.tiles, batch_size=result.batch_size,
         mask=_array(result.mask), uncertainty=_array(result.uncertainty), probabilities=_array(result.probabilities),
+        review_regions=[_review_region(r) for r in result.review_regions or ()],
         summary=pb.Summary(
             mean_uncertainty=summary.mean_uncertainty, uncertain_fraction=summary.uncertain_fraction,
             uncertainty_threshold=summary.uncertainty_threshold, uncertainty_measure=_MEASURE_ENUMS[result.measure],

@@ -13,6 +13,7 @@ class Output(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTPUT_MASK: _ClassVar[Output]
     OUTPUT_UNCERTAINTY: _ClassVar[Output]
     OUTPUT_PROBABILITIES: _ClassVar[Output]
+    OUTPUT_REVIEW_REGIONS: _ClassVar[Output]
 
 class UncertaintyMeasure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -44,6 +45,7 @@ OUTPUT_UNSPECIFIED: Output
 OUTPUT_MASK: Output
 OUTPUT_UNCERTAINTY: Output
 OUTPUT_PROBABILITIES: Output
+OUTPUT_REVIEW_REGIONS: Output
 UNCERTAINTY_MEASURE_UNSPECIFIED: UncertaintyMeasure
 UNCERTAINTY_MEASURE_ENTROPY: UncertaintyMeasure
 UNCERTAINTY_MEASURE_MARGIN: UncertaintyMeasure
@@ -84,7 +86,7 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "model_version", "image", "outputs", "uncertainty_measure", "mask_format", "uncertainty_format", "probabilities_format", "uncertainty_threshold", "mc_samples", "mc_seed")
+    __slots__ = ("model", "model_version", "image", "outputs", "uncertainty_measure", "mask_format", "uncertainty_format", "probabilities_format", "uncertainty_threshold", "mc_samples", "mc_seed", "max_review_regions")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +98,7 @@ class PredictRequest(_message.Message):
     UNCERTAINTY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MC_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MC_SEED_FIELD_NUMBER: _ClassVar[int]
+    MAX_REVIEW_REGIONS_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: str
     image: Image
@@ -107,7 +110,30 @@ class PredictRequest(_message.Message):
     uncertainty_threshold: float
     mc_samples: int
     mc_seed: int
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[Output, str]]] = ..., uncertainty_measure: _Optional[_Union[UncertaintyMeasure, str]] = ..., mask_format: _Optional[_Union[ArrayFormat, str]] = ..., uncertainty_format: _Optional[_Union[ArrayFormat, str]] = ..., probabilities_format: _Optional[_Union[ArrayFormat, str]] = ..., uncertainty_threshold: _Optional[float] = ..., mc_samples: _Optional[int] = ..., mc_seed: _Optional[int] = ...) -> None: ...
+    max_review_regions: int
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[Output, str]]] = ..., uncertainty_measure: _Optional[_Union[UncertaintyMeasure, str]] = ..., mask_format: _Optional[_Union[ArrayFormat, str]] = ..., uncertainty_format: _Optional[_Union[ArrayFormat, str]] = ..., probabilities_format: _Optional[_Union[ArrayFormat, str]] = ..., uncertainty_threshold: _Optional[float] = ..., mc_samples: _Optional[int] = ..., mc_seed: _Optional[int] = ..., max_review_regions: _Optional[int] = ...) -> None: ...
+
+class ReviewRegion(_message.Message):
+    __slots__ = ("x", "y", "width", "height", "polygon", "area", "mean_uncertainty", "expected_errors", "class_ids")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    POLYGON_FIELD_NUMBER: _ClassVar[int]
+    AREA_FIELD_NUMBER: _ClassVar[int]
+    MEAN_UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_IDS_FIELD_NUMBER: _ClassVar[int]
+    x: int
+    y: int
+    width: int
+    height: int
+    polygon: _containers.RepeatedScalarFieldContainer[int]
+    area: int
+    mean_uncertainty: float
+    expected_errors: float
+    class_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., polygon: _Optional[_Iterable[int]] = ..., area: _Optional[int] = ..., mean_uncertainty: _Optional[float] = ..., expected_errors: _Optional[float] = ..., class_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EncodedArray(_message.Message):
     __slots__ = ("data", "format", "shape")
@@ -162,7 +188,7 @@ class Timings(_message.Message):
     def __init__(self, decode_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "model_version", "backend", "device", "height", "width", "mask", "uncertainty", "probabilities", "summary", "timings", "tiles", "batch_size")
+    __slots__ = ("model", "model_version", "backend", "device", "height", "width", "mask", "uncertainty", "probabilities", "summary", "timings", "tiles", "batch_size", "review_regions")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +202,7 @@ class PredictResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     TILES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_REGIONS_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: str
     backend: str
@@ -189,7 +216,8 @@ class PredictResponse(_message.Message):
     timings: Timings
     tiles: int
     batch_size: int
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., mask: _Optional[_Union[EncodedArray, _Mapping]] = ..., uncertainty: _Optional[_Union[EncodedArray, _Mapping]] = ..., probabilities: _Optional[_Union[EncodedArray, _Mapping]] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., tiles: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    review_regions: _containers.RepeatedCompositeFieldContainer[ReviewRegion]
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., mask: _Optional[_Union[EncodedArray, _Mapping]] = ..., uncertainty: _Optional[_Union[EncodedArray, _Mapping]] = ..., probabilities: _Optional[_Union[EncodedArray, _Mapping]] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., tiles: _Optional[int] = ..., batch_size: _Optional[int] = ..., review_regions: _Optional[_Iterable[_Union[ReviewRegion, _Mapping]]] = ...) -> None: ...
 
 class PredictStreamRequest(_message.Message):
     __slots__ = ("id", "request")
