@@ -168,6 +168,15 @@ def main() -> None:
             label = "mask only" if outputs == ("mask",) else f"mask + {measure}"
             rows.append(measured(server, f"Predict concurrency 4, {label}",
                                  lambda: unary(server.address, payloads, 4, outputs=outputs, measure=measure), limit))
+        sampled = payloads[: max(8, len(payloads) // 4)]
+        rows.append(measured(server, "Predict concurrency 1, mask + entropy",
+                             lambda: unary(server.address, sampled, 1), limit, "reference for the two rows below"))
+        if package.card.head_dropout > 0:
+            rows.append(measured(server, "Predict concurrency 1, MC dropout x8",
+                                 lambda: unary(server.address, sampled, 1, measure="mutual_information", mc_samples=8),
+                                 limit, "encoder once, head 8 times"))
+        rows.append(measured(server, "Predict concurrency 1, TTA (6 passes)",
+                             lambda: unary(server.address, sampled, 1, measure="tta_entropy"), limit))
     with ServerProcess(repository, PRELABEL_BATCHING="false") as server:
         rows.append(measured(server, "batching off, Predict concurrency 16",
                              lambda: unary(server.address, payloads, 16), limit, "one request at a time per thread"))

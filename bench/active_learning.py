@@ -1,0 +1,193 @@
+"""Active-learning simulation on CamVid: how many labels does each acquisition strategy save?
+
+    .venv/bin/python bench/active_learning.py [--seeds 0 1] [--quick]
+
+CamVid train (367 images) is the unlabelled pool, val (101) the test. Every strategy starts from
+the same seeded 20 labelled images and, in rounds, acquires 20 more — random, entropy (mean of the
+5 % most uncertain pixels), BALD (mean MC-dropout mutual information, 8 samples) and entropy plus
+diversity (k-center over encoder embeddings) — fine-tuning the previous round's model each time
+with `prelabel train --init`'s code, up to 100 labels; one run on all 367 gives the ceiling.
+To fit 2 CPU cores everything runs at half resolution (240x180) with short schedules: compare the
+strategies with each other, not with full-resolution numbers. Writes JSON and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from prelabel_models import ModelPackage
+from prelabel_models.acquisition import PoolItem, select, top_fraction_score
+from prelabel_models.backends import create_backend
+from prelabel_models.epistemic import sample_statistics
+from prelabel_models.evaluation.metrics import confusion_matrix, segmentation_scores
+from prelabel_models.image_files import paired_files, read_label, read_rgb, split_folders
+from prelabel_models.postprocessing import segment_maps
+from prelabel_models.predictor import Predictor
+from prelabel_models.training.config import TrainConfig
+from prelabel_models.training.trainer import TrainingRun, train
+
+ROOT = Path(__file__).resolve().parents[1]
+STRATEGIES = ("random", "entropy", "bald", "diverse")
+
+
+@dataclass
+class Point:
+    strategy: str
+    seed: int
+    labels: int
+    miou: float
+    seconds: float
+
+
+def downscale_dataset(source: Path, target: Path, scale: float) -> Path:
+    """CamVid's layout at ``scale``: images by area averaging, labels by nearest neighbour."""
+    for split in ("train", "val"):
+        for image, label in paired_files(split_folders(source, split)):
+            for path, folder, interpolation in ((image, split, cv2.INTER_AREA), (label, f"{split}annot", cv2.INTER_NEAREST)):
+                out = target / folder / path.name
+                if not out.exists():
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+                    size = (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale))
+                    cv2.imwrite(str(out), cv2.resize(pixels, size, interpolation=interpolation))
+    return target
+
+
+def subset(data: Path, names: list[str], target: Path) -> Path:
+    """A dataset folder whose train split is ``names`` (symlinks) and whose val split is all of val."""
+    for split, chosen in (("train", names), ("val", sorted(p.name for p in (data / "val").iterdir()))):
+        for folder in (split, f"{split}annot"):
+            (target / folder).mkdir(parents=True, exist_ok=True)
+            for name in chosen:
+                (target / folder / name).symlink_to(data / folder / name)
+    return target
+
+
+def fine_tune(config: TrainConfig, data: Path, work: Path, init: Path | None, epochs: int) -> Path:
+    recipe = config.recipe.model_copy(update={"epochs": epochs, "lr": config.recipe.lr if init is None else config.recipe.lr / 2})
+    run = TrainingRun(config=config.model_copy(update={"recipe": recipe}), data_root=data, out=work / "package",
+                      run_dir=work / "run", init=init)
+    train(run)
+    return run.out
+
+
+def val_miou(predictor: Predictor, data: Path) -> float:
+    num_classes = predictor.card.num_classes
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for image, label in paired_files(split_folders(data, "val")):
+        mask = predictor.logits(read_rgb(image)).argmax(0)
+        confusion += confusion_matrix(read_label(label), mask, num_classes, predictor.card.ignore_index)
+    return float(segmentation_scores(confusion).mean_iou)
+
+
+def pool_items(predictor: Predictor, data: Path, names: list[str], strategy: str) -> list[PoolItem]:
+    """What each strategy scores the unlabelled images by."""
+    items = []
+    for name in names:
+        image = read_rgb(data / "train" / name)
+        if strategy == "bald":
+            stats = sample_statistics(predictor.mc_dropout_logits(image, 8, seed=len(items)), predictor.card.temperature)
+            items.append(PoolItem(name, float(stats.mutual_information.mean())))
+            continue
+        logits, embedding = predictor.logits_and_embedding(image)
+        uncertainty = segment_maps(logits, predictor.card.temperature).uncertainty
+        items.append(PoolItem(name, top_fraction_score(uncertainty), embedding if strategy == "diverse" else None))
+    return items
+
+
+def run_strategy(strategy: str, seed: int, config: TrainConfig, data: Path, work: Path, args: argparse.Namespace) -> list[Point]:
+    pool = sorted(p.name for p in (data / "train").iterdir())
+    labelled = list(np.random.default_rng(seed).choice(pool, args.initial, replace=False))
+    points, package, started = [], None, time.perf_counter()
+    for round_index in range(args.rounds):
+        round_dir = work / f"{strategy}-seed{seed}-round{round_index}"
+        data_dir = subset(data, labelled, round_dir / "data")
+        package = fine_tune(config, data_dir, round_dir, package, args.epochs if package is None else args.round_epochs)
+        loaded = ModelPackage.open(package)
+        predictor = Predictor(loaded.card, create_backend("torch", loaded))
+        points.append(Point(strategy, seed, len(labelled), val_miou(predictor, data), time.perf_counter() - started))
+        print(f"{strategy:>8} seed {seed}: {len(labelled):3d} labels -> val mIoU {points[-1].miou:.4f}", flush=True)
+        if round_index == args.rounds - 1:
+            break
+        unlabelled = [name for name in pool if name not in set(labelled)]
+        name_strategy = {"random": "random", "entropy": "uncertainty", "bald": "uncertainty", "diverse": "diverse"}[strategy]
+        items = pool_items(predictor, data, unlabelled, strategy) if strategy != "random" else [PoolItem(n, 0.0) for n in unlabelled]
+        labelled += [unlabelled[i] for i in select(items, args.step, name_strategy, seed=seed * 1000 + round_index)]
+    return points
+
+
+def plot(points: list[Point], ceiling: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for strategy in STRATEGIES:
+        mine = [p for p in points if p.strategy == strategy]
+        if not mine:
+            continue
+        labels = sorted({p.labels for p in mine})
+        means = [np.mean([p.miou for p in mine if p.labels == n]) for n in labels]
+        axis.plot(labels, means, marker="o", label=strategy)
+    axis.axhline(ceiling, color="grey", linestyle="--", label="all 367 (ceiling)")
+    axis.set_xlabel("labelled images")
+    axis.set_ylabel("val mIoU (half resolution)")
+    axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "camvid")
+    parser.add_argument("--config", type=Path, default=ROOT / "models" / "configs" / "camvid.toml")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/prelabel-active-learning"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--initial", type=int, default=20)
+    parser.add_argument("--step", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds including the initial one (5: 20..100 labels)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs of the first round (from scratch)")
+    parser.add_argument("--round-epochs", type=int, default=8, help="epochs of each later (fine-tuning) round")
+    parser.add_argument("--ceiling-epochs", type=int, default=20)
+    parser.add_argument("--scale", type=float, default=0.5)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 rounds of 4+4 images, 1 epoch each")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "active_learning.json")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "active-learning.png")
+    args = parser.parse_args()
+    if args.quick:
+        args.initial, args.step, args.rounds, args.epochs, args.round_epochs, args.ceiling_epochs = 4, 4, 2, 1, 1, 1
+
+    data = downscale_dataset(args.data, args.work / "data", args.scale)
+    config = TrainConfig.load(args.config)
+    height, width = (round(360 * args.scale) // 16) * 16, (round(480 * args.scale) // 16) * 16
+    config.recipe = config.recipe.model_copy(update={"crop": (height, width), "scale_range": (0.75, 1.25)})
+    points: list[Point] = []
+    for seed in args.seeds:
+        for strategy in args.strategies:
+            points += run_strategy(strategy, seed, config, data, args.work, args)
+    everything = sorted(p.name for p in (data / "train").iterdir())
+    ceiling_dir = args.work / "ceiling"
+    package = fine_tune(config, subset(data, everything, ceiling_dir / "data"), ceiling_dir, None, args.ceiling_epochs)
+    loaded = ModelPackage.open(package)
+    ceiling = val_miou(Predictor(loaded.card, create_backend("torch", loaded)), data)
+    print(f"ceiling: all {len(everything)} labels -> val mIoU {ceiling:.4f}")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "ceiling_miou": ceiling,
+                                    "points": [asdict(p) for p in points]}, indent=2))
+    plot(points, ceiling, args.plot)
+    print(f"wrote {args.out} and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
