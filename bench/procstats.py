@@ -8,14 +8,19 @@ from pathlib import Path
 
 
 class ProcessStats:
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    """Summed over ``pids`` (one server may be several processes)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
         self._ticks = os.sysconf("SC_CLK_TCK")
         self._cpu0, self._wall0 = 0.0, 0.0
 
     def _cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self._ticks  # utime + stime
+        total = 0.0
+        for pid in self.pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / self._ticks  # utime + stime
+        return total
 
     def start(self) -> None:
         self._cpu0, self._wall0 = self._cpu_seconds(), time.perf_counter()
@@ -25,7 +30,10 @@ class ProcessStats:
         return (self._cpu_seconds() - self._cpu0) / max(time.perf_counter() - self._wall0, 1e-9)
 
     def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        """Sum of each process's peak resident memory."""
+        total = 0.0
+        for pid in self.pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        return total

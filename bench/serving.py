@@ -79,43 +79,58 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    """`prelabel serve` in a child process, with its CPU time and peak RSS read from /proc."""
+    """`prelabel serve` in ``processes`` child processes sharing one port (SO_REUSEPORT: the kernel
+    spreads connections over them), with CPU time and peak RSS read from /proc."""
 
-    def __init__(self, model_repository: Path, **env: str) -> None:
+    def __init__(self, model_repository: Path, processes: int = 1, **env: str) -> None:
         self.port = _free_port()
         environment = {**os.environ, "PRELABEL_PORT": str(self.port), "PRELABEL_BACKEND": "onnx",
                        "PRELABEL_MODEL_REPOSITORY": str(model_repository), **env}
-        self.process = subprocess.Popen([sys.executable, "-m", "prelabel_client.cli", "serve"], env=environment,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.processes = []
+        for _ in range(processes):
+            process = subprocess.Popen([sys.executable, "-m", "prelabel_client.cli", "serve"], env=environment,
+                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self.processes.append(process)
+            for line in process.stdout:  # printed once the models are loaded and the port is bound
+                if "serving on" in line:
+                    break
+            else:
+                raise RuntimeError("prelabel serve exited before serving")
         self.address = f"127.0.0.1:{self.port}"
-        with PreLabelClient(self.address) as client:
-            client.wait_ready(120)
-            deadline = time.time() + 120
-            while client.model().state != "ready" and time.time() < deadline:
-                time.sleep(0.5)
-        self.stats = ProcessStats(self.process.pid)
+        self.stats = ProcessStats([p.pid for p in self.processes])
 
     def __enter__(self) -> "ServerProcess":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        self.process.wait(30)
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(30)
 
 
-def unary(address: str, payloads: list[bytes], concurrency: int, **options: object) -> tuple[list[float], float]:
-    with PreLabelClient(address, timeout=300) as client:
-        client.predict(payloads[0], **options)  # warm-up
+def unary(address: str, payloads: list[bytes], concurrency: int, connections: int = 1,
+          **options: object) -> tuple[list[float], float]:
+    """``concurrency`` callers over ``connections`` separate connections (several are needed to
+    reach more than one server process behind SO_REUSEPORT)."""
+    clients = [PreLabelClient(address, timeout=300, channel_options=[("grpc.use_local_subchannel_pool", 1)])
+               for _ in range(connections)]
+    try:
+        for client in clients:
+            client.predict(payloads[0], **options)  # warm-up
 
-        def one(payload: bytes) -> float:
+        def one(indexed: tuple[int, bytes]) -> float:
             t = time.perf_counter()
-            client.predict(payload, **options)
+            clients[indexed[0] % connections].predict(indexed[1], **options)
             return time.perf_counter() - t
 
         started = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
-            latencies = list(pool.map(one, payloads))
+            latencies = list(pool.map(one, enumerate(payloads)))
         return latencies, time.perf_counter() - started
+    finally:
+        for client in clients:
+            client.close()
 
 
 def stream(address: str, payloads: list[bytes], window: int) -> tuple[list[float], float]:
@@ -180,6 +195,14 @@ def main() -> None:
     with ServerProcess(repository, PRELABEL_BATCHING="false") as server:
         rows.append(measured(server, "batching off, Predict concurrency 16",
                              lambda: unary(server.address, payloads, 16), limit, "one request at a time per thread"))
+    with ServerProcess(repository) as server:
+        rows.append(measured(server, "1 process, Predict conc. 16, 4 connections",
+                             lambda: unary(server.address, payloads, 16, connections=4), limit,
+                             "threads: decoding and encoding overlap inference"))
+    with ServerProcess(repository, processes=2, PRELABEL_INFERENCE_THREADS="1") as server:
+        rows.append(measured(server, "2 processes x 1 thread, conc. 16, 4 conns",
+                             lambda: unary(server.address, payloads, 16, connections=4), limit,
+                             "SO_REUSEPORT; each process its own model"))
     with ServerProcess(repository) as server:
         photo = large_photo(images[0])
         rows.append(measured(server, "4000x3000 photo (tiled), Predict",

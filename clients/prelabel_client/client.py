@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar, Union
 
@@ -67,14 +67,15 @@ class PreLabelClient:
 
     ``timeout`` is each call's deadline in seconds; calls failing with UNAVAILABLE are retried up to
     ``retries`` times (and only those). ``root_certificates`` (PEM bytes) or ``tls=True`` switch to
-    TLS; ``token`` is sent as ``authorization: Bearer <token>``.
+    TLS; ``token`` is sent as ``authorization: Bearer <token>``; ``channel_options`` are passed to gRPC.
     """
 
     def __init__(self, target: str, *, timeout: float | None = 60.0, retries: int = 3, tls: bool = False,
                  root_certificates: bytes | None = None, token: str | None = None,
-                 max_message_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_message_bytes: int = 64 * 1024 * 1024, channel_options: Sequence[tuple[str, object]] = ()) -> None:
         options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes), ("grpc.enable_retries", int(retries > 0))]
+                   ("grpc.max_send_message_length", max_message_bytes), ("grpc.enable_retries", int(retries > 0)),
+                   *channel_options]
         if retries > 0:  # gRPC refuses a retry policy of fewer than 2 attempts: no policy at all then
             options.append(("grpc.service_config", _retry_service_config(retries + 1)))
         if tls or root_certificates:
