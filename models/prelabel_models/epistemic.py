@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prelabel_models.uncertainty import normalized_entropy, softmax
+from prelabel_models.uncertainty import normalized_entropy
 
 MC_MEASURES = ("mc_entropy", "mutual_information", "mc_variance")
 TTA_MEASURES = ("tta_entropy", "tta_disagreement")
@@ -19,11 +19,16 @@ SAMPLED_MEASURES = MC_MEASURES + TTA_MEASURES
 
 
 def dropout_masks(samples: int, shape: tuple[int, ...], rate: float, seed: int) -> np.ndarray:
-    """``samples`` inverted-dropout masks: each element 0 with probability ``rate``, else 1/(1-rate)."""
+    """``samples`` inverted-dropout masks: each element 0 with probability ``rate`` rounded to
+    1/256, else 1/(1 - that rate). Drawn as random bytes, about twice as fast as floats: mask
+    drawing is a visible share of an MC-dropout request's time."""
     if not 0 < rate < 1:
         raise ValueError(f"dropout rate must be in (0, 1), got {rate}")
-    keep = np.random.default_rng(seed).random((samples, *shape), dtype=np.float32) >= rate
-    return keep.astype(np.float32) / np.float32(1.0 - rate)
+    threshold = min(255, max(1, round(rate * 256)))
+    draws = np.frombuffer(np.random.default_rng(seed).bytes(samples * int(np.prod(shape))), dtype=np.uint8)
+    masks = (draws >= threshold).astype(np.float32).reshape(samples, *shape)
+    masks *= np.float32(256 / (256 - threshold))
+    return masks
 
 
 @dataclass(frozen=True)
@@ -35,11 +40,24 @@ class SampleStatistics:
     disagreement: np.ndarray         # share of samples whose class differs from the consensus
 
 
+def _softmax_and_entropy(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and entropy (nats) of one sample; the entropy as log-sum-exp minus the
+    expected logit, which needs one log per pixel instead of one per pixel and class."""
+    shifted = logits / np.float32(temperature)
+    shifted -= shifted.max(axis=0, keepdims=True)
+    probabilities = np.exp(shifted)
+    total = probabilities.sum(axis=0)
+    probabilities /= total
+    return probabilities, np.log(total) - (probabilities * shifted).sum(axis=0)
+
+
 def sample_statistics(sample_logits: np.ndarray, temperature: float = 1.0) -> SampleStatistics:
-    probabilities = np.stack([softmax(logits, temperature) for logits in sample_logits])
+    per_sample = [_softmax_and_entropy(logits, temperature) for logits in sample_logits]
+    probabilities = np.stack([p for p, _ in per_sample])
     mean = probabilities.mean(axis=0)
     entropy = normalized_entropy(mean)
-    expected_entropy = np.mean([normalized_entropy(p) for p in probabilities], axis=0)
+    log_classes = np.float32(np.log(sample_logits.shape[1]))
+    expected_entropy = np.mean([h for _, h in per_sample], axis=0) / log_classes
     consensus = mean.argmax(axis=0)
     chosen = np.take_along_axis(probabilities, consensus[None, None], axis=1)[:, 0]
     disagreement = (probabilities.argmax(axis=1) != consensus[None]).mean(axis=0)
