@@ -30,7 +30,7 @@ class ServerSettings(BaseSettings):
     fp16: bool = Field(default=False, description="fp16 autocast for the torch backend on CUDA.")
     inference_threads: int = Field(default=0, ge=0, description="Intra-op threads per model; 0: the runtime's default.")
     workers: int = Field(default=8, ge=1, description="Threads serving RPCs.")
-    stream_workers: int = Field(default=2, ge=1, description="Threads processing streamed items (shared by all streams).")
+    stream_workers: int = Field(default=4, ge=1, description="Threads processing streamed items (shared by all streams).")
     max_in_flight_per_stream: int = Field(default=8, ge=1, description="Requests read ahead of sent responses, per stream.")
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request or response message.")
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest image, height x width (also the decompression-bomb guard).")
