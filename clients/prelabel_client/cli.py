@@ -10,35 +10,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from prelabel_client.client import PreLabelClient
 from prelabel_proto.errors import PrelabelError
 from prelabel_models.evaluation.cli import register as add_evaluation_commands
+from prelabel_models.extras import needs_extra
 
 MEASURES = ["entropy", "margin", "least_confidence", "mc_entropy", "mutual_information", "mc_variance",
             "tta_entropy", "tta_disagreement"]
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "camvid"
 
-Handler = Callable[[argparse.Namespace], int]
 
-
-def _needs(extra: str) -> Callable[[Handler], Handler]:
-    def wrap(handler: Handler) -> Handler:
-        def run(args: argparse.Namespace) -> int:
-            try:
-                return handler(args)
-            except ModuleNotFoundError as exc:
-                if exc.name and exc.name.split(".")[0] in {"torch", "segmentation_models_pytorch", "onnxruntime", "albumentations", "onnx", "pydantic_settings"}:
-                    print(f"prelabel: this command needs {exc.name}: pip install 'prelabel[{extra}]'", file=sys.stderr)
-                    return 2
-                raise
-        return run
-    return wrap
-
-
-@_needs("server")
+@needs_extra("server")
 def _train(args: argparse.Namespace) -> int:
     from prelabel_models.training.config import TrainConfig
     from prelabel_models.training.trainer import TrainingRun, train
@@ -66,7 +51,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 
-@_needs("serve-onnx")
+@needs_extra("serve-onnx")
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -138,7 +123,7 @@ def _reload(args: argparse.Namespace) -> int:
     return 0
 
 
-@_needs("server")
+@needs_extra("server")
 def _export(args: argparse.Namespace) -> int:
     from prelabel_models.export import export_and_check
 
@@ -148,7 +133,7 @@ def _export(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-@_needs("serve-onnx")
+@needs_extra("serve-onnx")
 def _demo(args: argparse.Namespace) -> int:
     from prelabel_client.batch import predict_files
     from prelabel_server.grpc_api.server import start_server

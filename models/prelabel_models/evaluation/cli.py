@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-_SERVER_MODULES = {"torch", "segmentation_models_pytorch", "onnxruntime", "albumentations", "sklearn",
-                   "scipy", "matplotlib", "rich", "pydantic", "safetensors"}
+from prelabel_models.extras import needs_extra
+
 _BACKEND_HELP = "inference backend: torch, onnx (needs `prelabel export PKG` first) or auto (default: %(default)s)"
 
 
@@ -104,12 +104,7 @@ def _server_command(handler: Callable[[argparse.Namespace], int]) -> Callable[[a
     """Turns a missing server-side dependency or an unusable input into a one-line message."""
     def run(args: argparse.Namespace) -> int:
         try:
-            return handler(args)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.split(".")[0] in _SERVER_MODULES:
-                print(f"prelabel: this command needs {exc.name}: pip install 'prelabel[server]'", file=sys.stderr)
-                return 2
-            raise
+            return needs_extra("server")(handler)(args)
         except Exception as exc:
             from prelabel_models.package import ModelPackageError
 
