@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -25,7 +26,6 @@ import numpy as np
 from prelabel_models import ModelPackage
 from prelabel_models.acquisition import PoolItem, select, top_fraction_score
 from prelabel_models.backends import create_backend
-from prelabel_models.epistemic import sample_statistics
 from prelabel_models.evaluation.metrics import confusion_matrix, segmentation_scores
 from prelabel_models.image_files import paired_files, read_label, read_rgb, split_folders
 from prelabel_models.postprocessing import segment_maps
@@ -93,7 +93,7 @@ def pool_items(predictor: Predictor, data: Path, names: list[str], strategy: str
     for name in names:
         image = read_rgb(data / "train" / name)
         if strategy == "bald":
-            stats = sample_statistics(predictor.mc_dropout_logits(image, 8, seed=len(items)), predictor.card.temperature)
+            stats = predictor.mc_dropout_statistics(image, 8, seed=len(items))
             items.append(PoolItem(name, float(stats.mutual_information.mean())))
             continue
         logits, embedding = predictor.logits_and_embedding(image)
@@ -102,14 +102,29 @@ def pool_items(predictor: Predictor, data: Path, names: list[str], strategy: str
     return items
 
 
+def fresh(folder: Path) -> Path:
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
+def initial_model(config: TrainConfig, data: Path, work: Path, labelled: list[str], seed: int, args: argparse.Namespace) -> Path:
+    """Round 0 is the same for every strategy of a seed (same images, same training seed): train it once."""
+    round_dir = work / f"seed{seed}-initial-{len(labelled)}"
+    if (round_dir / "package" / "card.json").exists():
+        return round_dir / "package"
+    return fine_tune(config, subset(data, labelled, fresh(round_dir) / "data"), round_dir, None, args.epochs)
+
+
 def run_strategy(strategy: str, seed: int, config: TrainConfig, data: Path, work: Path, args: argparse.Namespace) -> list[Point]:
     pool = sorted(p.name for p in (data / "train").iterdir())
     labelled = list(np.random.default_rng(seed).choice(pool, args.initial, replace=False))
     points, package, started = [], None, time.perf_counter()
     for round_index in range(args.rounds):
-        round_dir = work / f"{strategy}-seed{seed}-round{round_index}"
-        data_dir = subset(data, labelled, round_dir / "data")
-        package = fine_tune(config, data_dir, round_dir, package, args.epochs if package is None else args.round_epochs)
+        if package is None:
+            package = initial_model(config, data, work, labelled, seed, args)
+        else:
+            round_dir = fresh(work / f"{strategy}-seed{seed}-round{round_index}")
+            package = fine_tune(config, subset(data, labelled, round_dir / "data"), round_dir, package, args.round_epochs)
         loaded = ModelPackage.open(package)
         predictor = Predictor(loaded.card, create_backend("torch", loaded))
         points.append(Point(strategy, seed, len(labelled), val_miou(predictor, data), time.perf_counter() - started))
@@ -123,7 +138,7 @@ def run_strategy(strategy: str, seed: int, config: TrainConfig, data: Path, work
     return points
 
 
-def plot(points: list[Point], ceiling: float, path: Path) -> None:
+def plot(points: list[Point], ceiling: float | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,7 +152,8 @@ def plot(points: list[Point], ceiling: float, path: Path) -> None:
         labels = sorted({p.labels for p in mine})
         means = [np.mean([p.miou for p in mine if p.labels == n]) for n in labels]
         axis.plot(labels, means, marker="o", label=strategy)
-    axis.axhline(ceiling, color="grey", linestyle="--", label="all 367 (ceiling)")
+    if ceiling is not None:
+        axis.axhline(ceiling, color="grey", linestyle="--", label="all 367 (ceiling)")
     axis.set_xlabel("labelled images")
     axis.set_ylabel("val mIoU (half resolution)")
     axis.legend()
@@ -160,6 +176,7 @@ def main() -> None:
     parser.add_argument("--round-epochs", type=int, default=8, help="epochs of each later (fine-tuning) round")
     parser.add_argument("--ceiling-epochs", type=int, default=20)
     parser.add_argument("--scale", type=float, default=0.5)
+    parser.add_argument("--resume", action="store_true", help="keep the strategies already complete in --out")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 rounds of 4+4 images, 1 epoch each")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "active_learning.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "active-learning.png")
@@ -170,23 +187,57 @@ def main() -> None:
     data = downscale_dataset(args.data, args.work / "data", args.scale)
     config = TrainConfig.load(args.config)
     height, width = (round(360 * args.scale) // 16) * 16, (round(480 * args.scale) // 16) * 16
-    config.recipe = config.recipe.model_copy(update={"crop": (height, width), "scale_range": (0.75, 1.25)})
-    points: list[Point] = []
-    for seed in args.seeds:
+    # select_on_val off: val is this simulation's test set, so it must not pick the epoch either.
+    config.recipe = config.recipe.model_copy(update={"crop": (height, width), "scale_range": (0.75, 1.25), "select_on_val": False})
+    results = Results.load(args.out) if args.resume else Results()
+    for index, seed in enumerate(args.seeds):
         for strategy in args.strategies:
-            points += run_strategy(strategy, seed, config, data, args.work, args)
+            if results.complete(strategy, seed, args.rounds):
+                print(f"{strategy:>8} seed {seed}: already in {args.out}, skipped", flush=True)
+                continue
+            results.points = [p for p in results.points if (p.strategy, p.seed) != (strategy, seed)]
+            results.points += run_strategy(strategy, seed, config, data, args.work, args)
+            results.save(args, args.out)
+        if index == 0 and results.ceiling_miou is None:
+            results.ceiling_miou = ceiling_miou(config, data, args)
+            results.save(args, args.out)
+    plot(results.points, results.ceiling_miou, args.plot)
+    print(f"wrote {args.out} and {args.plot}")
+
+
+@dataclass
+class Results:
+    """Everything measured so far, saved after each strategy so that a stopped run can ``--resume``."""
+
+    points: list[Point] = field(default_factory=list)
+    ceiling_miou: float | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> "Results":
+        if not path.exists():
+            return cls()
+        saved = json.loads(path.read_text())
+        return cls([Point(**p) for p in saved["points"]], saved["ceiling_miou"])
+
+    def complete(self, strategy: str, seed: int, rounds: int) -> bool:
+        return sum(1 for p in self.points if (p.strategy, p.seed) == (strategy, seed)) >= rounds
+
+    def save(self, args: argparse.Namespace, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
+                                    "ceiling_miou": self.ceiling_miou, "points": [asdict(p) for p in self.points]}, indent=2))
+
+
+def ceiling_miou(config: TrainConfig, data: Path, args: argparse.Namespace) -> float:
+    """Val mIoU of one model trained on the whole pool: the yardstick for "fraction of full-data mIoU"."""
     everything = sorted(p.name for p in (data / "train").iterdir())
     ceiling_dir = args.work / "ceiling"
+    shutil.rmtree(ceiling_dir, ignore_errors=True)
     package = fine_tune(config, subset(data, everything, ceiling_dir / "data"), ceiling_dir, None, args.ceiling_epochs)
     loaded = ModelPackage.open(package)
     ceiling = val_miou(Predictor(loaded.card, create_backend("torch", loaded)), data)
-    print(f"ceiling: all {len(everything)} labels -> val mIoU {ceiling:.4f}")
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "ceiling_miou": ceiling,
-                                    "points": [asdict(p) for p in points]}, indent=2))
-    plot(points, ceiling, args.plot)
-    print(f"wrote {args.out} and {args.plot}")
+    print(f"ceiling: all {len(everything)} labels -> val mIoU {ceiling:.4f}", flush=True)
+    return ceiling
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ Arrays: sample logits (S, C, H, W) → per-pixel maps (H, W).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+import cv2
 import numpy as np
 
 from prelabel_models.uncertainty import normalized_entropy
@@ -20,15 +21,14 @@ SAMPLED_MEASURES = MC_MEASURES + TTA_MEASURES
 
 def dropout_masks(samples: int, shape: tuple[int, ...], rate: float, seed: int) -> np.ndarray:
     """``samples`` inverted-dropout masks: each element 0 with probability ``rate`` rounded to
-    1/256, else 1/(1 - that rate). Drawn as random bytes, about twice as fast as floats: mask
-    drawing is a visible share of an MC-dropout request's time."""
+    1/256, else 1/(1 - that rate). Drawn as uint8 from SFC64 and scaled in one pass, about 2x
+    faster than float draws or PCG64 bytes (measured): mask drawing is a visible share of an
+    MC-dropout request's time."""
     if not 0 < rate < 1:
         raise ValueError(f"dropout rate must be in (0, 1), got {rate}")
     threshold = min(255, max(1, round(rate * 256)))
-    draws = np.frombuffer(np.random.default_rng(seed).bytes(samples * int(np.prod(shape))), dtype=np.uint8)
-    masks = (draws >= threshold).astype(np.float32).reshape(samples, *shape)
-    masks *= np.float32(256 / (256 - threshold))
-    return masks
+    draws = np.random.Generator(np.random.SFC64(seed)).integers(0, 256, (samples, *shape), dtype=np.uint8)
+    return np.multiply(draws >= threshold, np.float32(256 / (256 - threshold)), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,23 @@ def sample_statistics(sample_logits: np.ndarray, temperature: float = 1.0) -> Sa
         variance=np.clip(4.0 * chosen.var(axis=0), 0.0, 1.0),
         disagreement=disagreement.astype(np.float32),
     )
+
+
+def resize_statistics(statistics: SampleStatistics, size: tuple[int, int], crop: tuple[int, int]) -> SampleStatistics:
+    """Statistics computed at a network's output resolution, bilinearly resized to ``size`` (the
+    padded input) and cropped to ``crop`` (the image). Every map stays in its range: a bilinear
+    value is a convex combination of its neighbours, so probabilities still sum to one."""
+    height, width = crop
+
+    def resize(plane: np.ndarray) -> np.ndarray:
+        if plane.shape[-2:] == size:
+            return plane[..., :height, :width]
+        if plane.ndim == 2:
+            return cv2.resize(plane, size[::-1], interpolation=cv2.INTER_LINEAR)[:height, :width]
+        channels_last = cv2.resize(np.ascontiguousarray(plane.transpose(1, 2, 0)), size[::-1], interpolation=cv2.INTER_LINEAR)
+        return np.ascontiguousarray(channels_last.reshape(*size, -1)[:height, :width].transpose(2, 0, 1))
+
+    return SampleStatistics(*(resize(getattr(statistics, f.name)) for f in fields(SampleStatistics)))
 
 
 _MAP_OF_MEASURE: dict[str, Callable[[SampleStatistics], np.ndarray]] = {

@@ -50,10 +50,12 @@ class ParityReport:
                 f"(limit {MIN_MASK_AGREEMENT:.1%}): {verdict}")
 
 
+SPATIAL_AXES = {0: "batch", 2: "height", 3: "width"}
+
+
 def _export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], path: Path, opset: int,
-            extra_outputs: dict[str, dict[int, str]] | None = None) -> None:
-    axes = {0: "batch", 2: "height", 3: "width"}
-    dynamic = {name: axes for name in [*names, OUTPUT_NAME]} | (extra_outputs or {})
+            extra_outputs: dict[str, dict[int, str]] | None = None, axes: dict[str, dict[int, str]] | None = None) -> None:
+    dynamic = {name: SPATIAL_AXES for name in [*names, OUTPUT_NAME]} | (extra_outputs or {}) | (axes or {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, inputs, str(path), input_names=names,
@@ -76,8 +78,11 @@ def export_onnx(package: ModelPackage, opset: int = OPSET) -> Path:
         _export(TrunkGraph(network).eval(), (example,), [INPUT_NAME], package.trunk_onnx_path, opset)
         with torch.no_grad():
             features = network.features(example)
-        _export(MaskedHeadGraph(network).eval(), (features, torch.ones_like(features)), [FEATURES_NAME, MASK_NAME],
-                package.head_onnx_path, opset)
+        # Separate batch axes: one image's features broadcast against a batch of masks.
+        masks = torch.ones(2, *features.shape[1:])
+        _export(MaskedHeadGraph(network).eval(), (features, masks), [FEATURES_NAME, MASK_NAME], package.head_onnx_path,
+                opset, axes={FEATURES_NAME: {0: "images", 2: "height", 3: "width"}, MASK_NAME: SPATIAL_AXES,
+                             OUTPUT_NAME: SPATIAL_AXES})
     return package.onnx_path
 
 

@@ -52,8 +52,15 @@ class SegmentationNetwork(nn.Module):
 
     def masked_head(self, features: torch.Tensor, dropout_mask: torch.Tensor) -> torch.Tensor:
         """The head with dropout given as an explicit mask (0 or 1/(1-p) per element): MC-dropout
-        samples are then reproducible, and identical on every backend for the same mask."""
-        return self.smp_model.segmentation_head(features * dropout_mask)
+        samples are then reproducible, and identical on every backend for the same mask.
+
+        Features (1, F, h, w) broadcast against masks (S, F, h, w), so S samples need no copies of
+        the features. The logits stay at the decoder's resolution (smp's head would upsample them
+        4x on DeepLabV3+): the sample statistics are computed there and only the final maps are
+        upsampled, 16x fewer pixels to reduce per sample.
+        """
+        convolution, _upsampling, activation = self.smp_model.segmentation_head
+        return activation(convolution(features * dropout_mask))
 
 
 class EmbeddingGraph(nn.Module):

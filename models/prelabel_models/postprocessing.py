@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prelabel_models.epistemic import measure_map, sample_statistics
+from prelabel_models.epistemic import SampleStatistics, measure_map
 from prelabel_models.uncertainty import get_measure, softmax
 
 
@@ -69,11 +69,9 @@ def segment_bands(bands: Iterable[tuple[slice, np.ndarray]], classes: int, heigh
     return SegmentationMaps(mask, confidence, uncertainty, probabilities)
 
 
-def maps_from_samples(sample_logits: np.ndarray, temperature: float, measure: str,
-                      keep_probabilities: bool = False) -> SegmentationMaps:
+def maps_from_statistics(statistics: SampleStatistics, measure: str, keep_probabilities: bool = False) -> SegmentationMaps:
     """Maps from several stochastic predictions: the mask from their mean probabilities, the
     uncertainty from the sampled ``measure`` (see prelabel_models.epistemic)."""
-    statistics = sample_statistics(sample_logits, temperature)
     mean = statistics.mean_probabilities
     return SegmentationMaps(mask=mean.argmax(axis=0).astype(np.uint8), confidence=mean.max(axis=0),
                             uncertainty=measure_map(statistics, measure),

@@ -11,9 +11,9 @@ import numpy as np
 
 from prelabel_models.backends import Backend
 from prelabel_models.card import ModelCard
-from prelabel_models.epistemic import dropout_masks
+from prelabel_models.epistemic import SampleStatistics, dropout_masks, resize_statistics, sample_statistics
 from prelabel_models.preprocessing import normalize
-from prelabel_models.tiling import Tile, blend_weights, pad_to_multiple, plan_tiles
+from prelabel_models.tiling import Tile, blend_weights, pad_to_multiple, padded_size, plan_tiles
 
 
 TTA_SCALES = (0.75, 1.0, 1.25)
@@ -69,15 +69,24 @@ class Predictor:
         return self.logits_and_embedding(image)[1]
 
     def mc_dropout_logits(self, image: np.ndarray, samples: int, seed: int = 0) -> np.ndarray:
-        """(samples, classes, H, W) logits of MC-dropout samples. The encoder and decoder run once;
-        only the head runs per sample, with explicit dropout masks (same seed, same samples)."""
+        """(samples, classes, h, w) logits of MC-dropout samples of the stride-padded image, at the
+        head's own resolution (a quarter of the image's on DeepLabV3+). The encoder and decoder run
+        once; only the head runs per sample, with explicit dropout masks (same seed, same samples)."""
         if self.card.head_dropout <= 0:
             raise ValueError(f"model {self.card.name!r} has no head dropout (head_dropout = 0): MC dropout needs it")
-        height, width = image.shape[:2]
         features = self.backend.features(self._input(image, self.card.output_stride)[None])
         masks = dropout_masks(samples, features.shape[1:], self.card.head_dropout, seed)
-        logits = self.backend.head(np.repeat(features, samples, axis=0), masks)
-        return logits[:, :, :height, :width]
+        return self.backend.head(features, masks)
+
+    def mc_dropout_statistics(self, image: np.ndarray, samples: int, seed: int = 0) -> SampleStatistics:
+        """MC-dropout statistics at the image's size: reduced at the head's resolution, then upsampled."""
+        statistics = sample_statistics(self.mc_dropout_logits(image, samples, seed), self.card.temperature)
+        height, width = image.shape[:2]
+        stride = self.card.output_stride
+        return resize_statistics(statistics, (padded_size(height, stride), padded_size(width, stride)), (height, width))
+
+    def tta_statistics(self, image: np.ndarray, scales: tuple[float, ...] = TTA_SCALES) -> SampleStatistics:
+        return sample_statistics(self.tta_logits(image, scales), self.card.temperature)
 
     def tta_logits(self, image: np.ndarray, scales: tuple[float, ...] = TTA_SCALES) -> np.ndarray:
         """(2 x len(scales), classes, H, W): each scale, plain and mirrored, mapped back to the image."""

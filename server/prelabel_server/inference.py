@@ -12,7 +12,7 @@ import numpy as np
 
 from prelabel_models.epistemic import MC_MEASURES, SAMPLED_MEASURES
 from prelabel_models.package import ModelPackageError
-from prelabel_models.postprocessing import SegmentationMaps, maps_from_samples, segment_bands, segment_maps
+from prelabel_models.postprocessing import SegmentationMaps, maps_from_statistics, segment_bands, segment_maps
 from prelabel_proto.errors import FailedPrecondition, InvalidInput
 from prelabel_server.batching import CallerGone
 from prelabel_server.registry import ServedModel
@@ -120,10 +120,10 @@ def _sampled(served: ServedModel, image: np.ndarray, options: MapOptions) -> tup
     try:
         with _exclusive(served):
             if options.measure in MC_MEASURES:
-                samples = predictor.mc_dropout_logits(image, options.mc_samples, options.mc_seed)
+                statistics = predictor.mc_dropout_statistics(image, options.mc_samples, options.mc_seed)
             else:
-                samples = predictor.tta_logits(image)
+                statistics = predictor.tta_statistics(image)
     except ModelPackageError as exc:
         raise FailedPrecondition(str(exc)) from None
     info = InferenceInfo(seconds=time.perf_counter() - started)
-    return maps_from_samples(samples, card.temperature, options.measure, options.keep_probabilities), info
+    return maps_from_statistics(statistics, options.measure, options.keep_probabilities), info

@@ -12,7 +12,7 @@ from prelabel_models import ModelPackage
 from prelabel_models.backends import create_backend
 from prelabel_models.epistemic import MC_MEASURES, dropout_masks, measure_map, sample_statistics
 from prelabel_models.image_files import list_images, read_rgb
-from prelabel_models.postprocessing import maps_from_samples, segment_maps
+from prelabel_models.postprocessing import maps_from_statistics, segment_maps
 from prelabel_models.predictor import Predictor
 from service_packages import build_package, camvid_card
 
@@ -59,20 +59,29 @@ def test_export_writes_trunk_and_masked_head(dropout_package):
 
 
 def test_mc_dropout_agrees_across_backends_for_fixed_masks(dropout_package, image):
-    samples = {name: Predictor(dropout_package.card, create_backend(name, dropout_package)).mc_dropout_logits(image, 6, seed=7)
-               for name in ("torch", "onnx")}
-    assert samples["torch"].shape == (6, 11, *image.shape[:2])
+    predictors = {name: Predictor(dropout_package.card, create_backend(name, dropout_package)) for name in ("torch", "onnx")}
+    samples = {name: predictor.mc_dropout_logits(image, 6, seed=7) for name, predictor in predictors.items()}
+    # DeepLabV3+'s head works at a quarter of the (already stride-aligned) 224x320 input.
+    assert samples["torch"].shape == (6, 11, 224 // 4, 320 // 4)
     assert np.abs(samples["torch"] - samples["onnx"]).max() < 1e-2
-    torch_stats, onnx_stats = sample_statistics(samples["torch"]), sample_statistics(samples["onnx"])
-    assert np.abs(torch_stats.mutual_information - onnx_stats.mutual_information).max() < 1e-3
     assert not np.allclose(samples["torch"][0], samples["torch"][1]), "samples did not vary"
+    torch_stats, onnx_stats = (predictor.mc_dropout_statistics(image, 6, seed=7) for predictor in predictors.values())
+    assert torch_stats.mutual_information.shape == image.shape[:2]
+    assert np.abs(torch_stats.mutual_information - onnx_stats.mutual_information).max() < 1e-3
+
+
+def test_mc_dropout_statistics_are_cropped_to_an_unaligned_image(dropout_package, image):
+    odd = image[:211, :301]
+    statistics = Predictor(dropout_package.card, create_backend("onnx", dropout_package)).mc_dropout_statistics(odd, 4)
+    assert statistics.mean_probabilities.shape == (11, 211, 301)
+    assert np.allclose(statistics.mean_probabilities.sum(axis=0), 1.0, atol=1e-4)
 
 
 @pytest.mark.parametrize("measure", ["mc_entropy", "mutual_information", "mc_variance", "tta_entropy", "tta_disagreement"])
 def test_sampled_maps_are_finite_in_unit_range_and_differ_from_single_pass(dropout_package, image, measure):
     predictor = Predictor(dropout_package.card, create_backend("onnx", dropout_package))
-    samples = predictor.mc_dropout_logits(image, 8) if measure in MC_MEASURES else predictor.tta_logits(image)
-    maps = maps_from_samples(samples, 1.0, measure)
+    statistics = predictor.mc_dropout_statistics(image, 8) if measure in MC_MEASURES else predictor.tta_statistics(image)
+    maps = maps_from_statistics(statistics, measure)
     single = segment_maps(predictor.logits(image))
     assert maps.uncertainty.shape == image.shape[:2] and maps.mask.shape == image.shape[:2]
     assert np.isfinite(maps.uncertainty).all()

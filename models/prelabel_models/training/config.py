@@ -31,6 +31,9 @@ class Recipe(BaseModel):
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads on the CPU.")
     val_batch_size: int = Field(default=4, ge=1)
     max_val_images: int | None = Field(default=None, ge=1)
+    select_on_val: bool = Field(default=True, description=(
+        "Validate every epoch and keep the best epoch. Off: no validation, the last epoch is kept — for "
+        "runs whose val split is a test set that must not steer training (the active-learning simulation)."))
 
 
 class TrainConfig(BaseModel):

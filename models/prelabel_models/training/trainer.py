@@ -138,6 +138,14 @@ def _write_package(network: nn.Module, card: ModelCard, out: Path, provenance: d
     card.model_copy(update={"provenance": provenance}).save(out)
 
 
+UNVALIDATED = {"miou": float("nan"), "pixel_accuracy": float("nan"), "iou": []}
+
+
+def _keep_epoch(best: dict | None, metrics: dict, select_on_val: bool) -> bool:
+    """Without validation every epoch replaces the package, so the last one is kept."""
+    return not select_on_val or best is None or metrics["miou"] > best["val_miou"]
+
+
 def train(run: TrainingRun) -> dict:
     """Runs (or resumes) training; returns the best validation metrics."""
     card, recipe = run.config.card, run.config.recipe
@@ -193,13 +201,13 @@ def train(run: TrainingRun) -> dict:
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         bar.close()
-        metrics = validate(network, val_set, card, device, recipe.val_batch_size)
+        metrics = validate(network, val_set, card, device, recipe.val_batch_size) if recipe.select_on_val else UNVALIDATED
         state["seconds"] += time.perf_counter() - started
         state["epoch"] = epoch
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_miou": metrics["miou"],
                   "val_pixel_accuracy": metrics["pixel_accuracy"], "val_iou": metrics["iou"],
                   "lr": scheduler.get_last_lr()[0], "seconds": state["seconds"]}
-        if state["best"] is None or metrics["miou"] > state["best"]["val_miou"]:
+        if _keep_epoch(state["best"], metrics, recipe.select_on_val):
             state["best"] = {k: record[k] for k in ("epoch", "val_miou", "val_pixel_accuracy", "val_iou")}
             provenance = {"command": command, "hardware": _hardware(device), "recipe": recipe.model_dump(mode="json"),
                           "best_epoch": epoch, "epochs_run": epoch, "training_seconds": round(state["seconds"], 1),
