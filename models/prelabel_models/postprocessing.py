@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from prelabel_models.epistemic import SampleStatistics, measure_map
-from prelabel_models.uncertainty import get_measure, softmax
+from prelabel_models.uncertainty import get_measure, pixel_maps
 
 
 @dataclass
@@ -52,7 +52,7 @@ def segment_bands(bands: Iterable[tuple[slice, np.ndarray]], classes: int, heigh
                   temperature: float = 1.0, measure: str = "entropy", keep_probabilities: bool = False,
                   band_rows: int = 256) -> SegmentationMaps:
     """Like ``segment_maps`` for logits that arrive as bands of rows (see Predictor.logit_bands)."""
-    measure_fn = get_measure(measure)
+    get_measure(measure)  # unknown names fail before any work
     mask = np.empty((height, width), np.uint8)
     confidence = np.empty((height, width), np.float32)
     uncertainty = np.empty((height, width), np.float32)
@@ -60,12 +60,10 @@ def segment_bands(bands: Iterable[tuple[slice, np.ndarray]], classes: int, heigh
     for rows, logits in bands:
         for offset in range(0, logits.shape[1], band_rows):
             part = slice(rows.start + offset, min(rows.start + offset + band_rows, rows.stop))
-            band = softmax(logits[:, offset: offset + band_rows], temperature)
-            mask[part] = band.argmax(axis=0)
-            confidence[part] = band.max(axis=0)
-            uncertainty[part] = measure_fn(band)
+            band = pixel_maps(logits[:, offset: offset + band_rows], temperature, measure, keep_probabilities)
+            mask[part], confidence[part], uncertainty[part] = band.mask, band.confidence, band.uncertainty
             if probabilities is not None:
-                probabilities[:, part] = band
+                probabilities[:, part] = band.probabilities
     return SegmentationMaps(mask, confidence, uncertainty, probabilities)
 
 

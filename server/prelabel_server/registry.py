@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prelabel_models import ModelCard, ModelPackage, ModelPackageError, find_packages
-from prelabel_models.backends import create_backend
+from prelabel_models.backends import create_backend, resolve_backend_name
 from prelabel_models.predictor import Predictor
 from prelabel_proto.errors import FailedPrecondition, InvalidInput, ModelNotFound, ModelUnavailable
 from prelabel_server.batching import DynamicBatcher
@@ -84,6 +84,8 @@ class ModelRegistry:
             options["threads"] = self._settings.inference_threads
         if self._settings.fp16:
             options["fp16"] = True
+        if resolve_backend_name(self._settings.backend) == "onnx":
+            options["spin_wait"] = self._settings.onnx_spin_wait
         return options
 
     def reload(self, name: str) -> tuple[ServedModel, str]:

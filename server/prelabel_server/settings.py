@@ -29,6 +29,9 @@ class ServerSettings(BaseSettings):
     device: str = Field(default="", description="Device override, e.g. cpu, cuda:0; empty: the backend's choice.")
     fp16: bool = Field(default=False, description="fp16 autocast for the torch backend on CUDA.")
     inference_threads: int = Field(default=0, ge=0, description="Intra-op threads per model; 0: the runtime's default.")
+    onnx_spin_wait: bool = Field(default=True, description=(
+        "Let ONNX Runtime's idle intra-op threads spin between operators. On (the runtime's default): "
+        "off saved no CPU for decoding and encoding and cost 10-15 % at concurrency 1 (docs/benchmarks.md)."))
     workers: int = Field(default=8, ge=1, description="Threads serving RPCs.")
     stream_workers: int = Field(default=4, ge=1, description="Threads processing streamed items (shared by all streams).")
     max_in_flight_per_stream: int = Field(default=8, ge=1, description="Requests read ahead of sent responses, per stream.")

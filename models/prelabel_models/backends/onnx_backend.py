@@ -17,7 +17,8 @@ EMBEDDING_NAME = "embedding"
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, package: ModelPackage, device: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, package: ModelPackage, device: str | None = None, threads: int | None = None,
+                 spin_wait: bool = True) -> None:
         if not package.onnx_path.is_file():
             raise ModelPackageError(
                 f"ONNX file {package.onnx_path} is missing: run `prelabel export {package.folder}` to write it")
@@ -30,6 +31,8 @@ class OnnxBackend:
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             self._options.intra_op_num_threads = threads
+        # Spinning keeps the pool's latency low but burns cores that other work could use: a setting.
+        self._options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         self._providers = providers
         self._package = package
         self.session = ort.InferenceSession(str(package.onnx_path), self._options, providers=providers)
