@@ -72,6 +72,40 @@ def raw_runtime(package: ModelPackage, images: list[np.ndarray], batch_sizes: li
     return rows
 
 
+def optimisation_levels(package: ModelPackage, images: list[np.ndarray]) -> tuple[list[Row], dict[str, float]]:
+    """Raw ONNX Runtime at batch 1 per graph-optimisation level, and the session start-up time with
+    and without a saved optimised model (what caching one would buy)."""
+    import onnxruntime as ort
+
+    predictor = Predictor(package.card, create_backend("onnx", package))
+    inputs = [predictor._input(im, package.card.output_stride)[None] for im in images]
+    rows, startup = [], {}
+    saved = package.folder / "bench-optimised.onnx"
+    for level in ("ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        if level == "ORT_ENABLE_ALL":
+            options.optimized_model_filepath = str(saved)
+        started = time.perf_counter()
+        session = ort.InferenceSession(str(package.onnx_path), options, providers=["CPUExecutionProvider"])
+        startup[f"session start, {level}"] = time.perf_counter() - started
+        session.run(None, {"images": inputs[0]})
+        latencies, started = [], time.perf_counter()
+        for batch in inputs:
+            t = time.perf_counter()
+            session.run(None, {"images": batch})
+            latencies.append(time.perf_counter() - t)
+        rows.append(_row(f"raw onnxruntime, batch 1, {level.removeprefix('ORT_').lower()}", latencies,
+                         time.perf_counter() - started))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    started = time.perf_counter()
+    ort.InferenceSession(str(saved), options, providers=["CPUExecutionProvider"])
+    startup["session start, saved optimised model"] = time.perf_counter() - started
+    saved.unlink()
+    return rows, startup
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -169,6 +203,8 @@ def main() -> None:
     images = [read_rgb(p) for p in paths]
     rows = raw_runtime(package, images, [1, 2, 4])
     limit = max(r.images_per_s for r in rows)
+    level_rows, startup = optimisation_levels(package, images[:16])
+    rows += level_rows
     for r in rows:
         r.ratio_to_limit = r.images_per_s / limit
     repository = args.model_dir.resolve().parent
@@ -192,6 +228,11 @@ def main() -> None:
                                  limit, "encoder once, head 8 times"))
         rows.append(measured(server, "Predict concurrency 1, TTA (6 passes)",
                              lambda: unary(server.address, sampled, 1, measure="tta_entropy"), limit))
+    with ServerProcess(repository, PRELABEL_ONNX_SPIN_WAIT="false") as server:
+        for concurrency in (1, 16):
+            rows.append(measured(server, f"ORT spin-wait off, Predict conc. {concurrency}",
+                                 lambda: unary(server.address, payloads, concurrency), limit,
+                                 "idle runtime threads sleep instead of spinning"))
     with ServerProcess(repository, PRELABEL_BATCHING="false") as server:
         rows.append(measured(server, "batching off, Predict concurrency 16",
                              lambda: unary(server.address, payloads, 16), limit, "one request at a time per thread"))
@@ -209,10 +250,12 @@ def main() -> None:
                              lambda: unary(server.address, [photo] * 3, 1), limit, "latency per photo"))
 
     print_table(rows)
+    for name, seconds in startup.items():
+        print(f"{name:<42} {seconds:7.2f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
               "model": package.card.name, "images": len(paths), "limit_images_per_s": limit,
-              "rows": [asdict(r) for r in rows]}
+              "rows": [asdict(r) for r in rows], "startup_seconds": startup}
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.out}")
 

@@ -93,6 +93,7 @@ def _models(args: argparse.Namespace) -> int:
         for info in client.models():
             marker = "*" if info.is_default else " "
             error = info.error.splitlines()[0] if info.error else ""
+            error += f"DEGRADED: {info.degradation}" if info.degradation else ""
             print(f"{marker} {info.name:<16} v{info.version:<6} {info.state:<8} {info.architecture}/{info.encoder} "
                   f"on {info.backend or '-'} ({info.device or '-'}), {len(info.classes)} classes {error}")
     return 0

@@ -86,6 +86,7 @@ class ModelInfo:
     error: str
     is_default: bool
     message: pb.ModelInfo
+    degradation: str = ""  # why it runs below its device (e.g. CPU fallback after CUDA OOM); empty if not
 
     @property
     def palette(self) -> list[tuple[int, int, int]]:
@@ -174,4 +175,4 @@ def model_info_from_message(message: pb.ModelInfo) -> ModelInfo:
         name=message.name, version=message.version, state=pb.ModelState.Name(message.state).removeprefix("MODEL_STATE_").lower(),
         backend=message.backend, device=message.device, architecture=message.architecture, encoder=message.encoder,
         classes=[(c.id, c.name, tuple(c.color)) for c in message.classes], error=message.error,
-        is_default=message.is_default, message=message)
+        is_default=message.is_default, message=message, degradation=message.degradation)

@@ -175,4 +175,4 @@ class Engine:
     def _status(self, served: ServedModel, default: str) -> ModelStatus:
         return ModelStatus(name=served.name, state=served.state, card=served.card, backend=served.backend,
                            device=served.device, error=served.error, is_default=served.name == default,
-                           max_pixels=self.settings.max_image_pixels)
+                           max_pixels=self.settings.max_image_pixels, degradation=served.degradation)

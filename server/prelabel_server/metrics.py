@@ -10,6 +10,9 @@ REQUEST_SECONDS = Histogram("prelabel_request_seconds", "Time inside the server 
 BATCH_SIZE = Histogram("prelabel_batch_size", "Requests per forward pass.", ["model"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
 QUEUE_DEPTH = Gauge("prelabel_queue_depth", "Requests waiting in a model's batching queue.", ["model"])
 DROPPED = Counter("prelabel_dropped_total", "Requests dropped before inference because their caller left.", ["model"])
+DEVICE_FALLBACKS = Counter("prelabel_device_fallbacks_total",
+                           "Requests run on the CPU because the model's accelerator failed (see device_fallback).", ["model"])
+DEGRADED = Gauge("prelabel_model_degraded", "1 while a model runs on its CPU fallback instead of its device.", ["model"])
 REJECTED = Counter("prelabel_rejected_total", "Requests refused because a model's queue was full.", ["model"])
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from prelabel_models import ModelCard, ModelPackage, ModelPackageError, find_packages
-from prelabel_models.backends import create_backend, resolve_backend_name
+from prelabel_models.backends import Backend, create_backend, resolve_backend_name
 from prelabel_models.predictor import Predictor
 from prelabel_proto.errors import FailedPrecondition, InvalidInput, ModelNotFound, ModelUnavailable
+from prelabel_server import metrics
 from prelabel_server.batching import DynamicBatcher
+from prelabel_server.device_fallback import DeviceFallback
 from prelabel_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,7 @@ class ServedModel:
     predictor: Predictor | None = None
     batcher: DynamicBatcher | None = None
     error: str = ""
+    degradation: str = ""  # why it runs below its device (see device_fallback); empty when it does not
 
     @property
     def backend(self) -> str:
@@ -45,6 +49,7 @@ class ModelRegistry:
         self._models: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
 
     def load_all(self) -> None:
         for folder in find_packages(self._settings.model_repository):
@@ -67,6 +72,8 @@ class ModelRegistry:
             served.name, served.card = package.card.name, package.card
             backend = create_backend(self._settings.backend, package, device=self._settings.device or None,
                                      **self._backend_options())
+            if backend.device.startswith("cuda"):
+                backend = self.with_cpu_fallback(served, backend, package)
             served.predictor = Predictor(package.card, backend, tile_batch=self._settings.tile_batch)
             if self._settings.batching:
                 served.batcher = DynamicBatcher(served.name, served.predictor, package.card.max_batch_size,
@@ -77,6 +84,28 @@ class ModelRegistry:
             served.state, served.error = "failed", f"{type(exc).__name__}: {exc}"
             log.error("model package %s failed to load: %s", folder, served.error)
         return served
+
+    def with_cpu_fallback(self, served: ServedModel, backend: Backend, package: ModelPackage) -> DeviceFallback:
+        """``backend`` (on an accelerator) with ONNX Runtime on the CPU behind it; see device_fallback."""
+        return DeviceFallback(backend, lambda: create_backend("onnx", package, device="cpu"),
+                              on_degraded=lambda reason: self._set_degradation(served, reason),
+                              on_recovered=lambda: self._set_degradation(served, ""))
+
+    def _set_degradation(self, served: ServedModel, reason: str) -> None:
+        if reason:
+            metrics.DEVICE_FALLBACKS.labels(served.name).inc()
+        metrics.DEGRADED.labels(served.name).set(1 if reason else 0)
+        changed, served.degradation = served.degradation != reason, reason
+        if changed:
+            self._notify()
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Called after any model's state changes (reload, degradation): health follows the models."""
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def _backend_options(self) -> dict[str, object]:
         options: dict[str, object] = {}
@@ -96,6 +125,12 @@ class ModelRegistry:
         """
         if not name:
             raise InvalidInput("ReloadModel needs the model's name")
+        try:
+            return self._swap_in(name)
+        finally:
+            self._notify()
+
+    def _swap_in(self, name: str) -> tuple[ServedModel, str]:
         with self._reload_lock:
             fresh = self._load(self._folder_of(name))
             with self._lock:

@@ -109,3 +109,4 @@ class ModelStatus:
     error: str = ""
     is_default: bool = False
     max_pixels: int = 0
+    degradation: str = ""       # why it runs below its device; empty when it does not

@@ -46,6 +46,11 @@ class TorchBackend:
                                               torch.from_numpy(dropout_mask).to(self.device))
         return logits.float().cpu().numpy()
 
+    def release_cached_memory(self) -> None:
+        """After a CUDA out-of-memory error: hand the allocator's cached blocks back before a retry."""
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
     @torch.inference_mode()
     def run(self, batch: np.ndarray) -> np.ndarray:
         images = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)

@@ -126,7 +126,8 @@ def predict_response(result: SegmentResult) -> pb.PredictResponse:
 
 def model_info(status: ModelStatus) -> pb.ModelInfo:
     info = pb.ModelInfo(name=status.name, state=_STATES[status.state], backend=status.backend, device=status.device,
-                        error=status.error, is_default=status.is_default, ignore_index=-1)
+                        error=status.error, is_default=status.is_default, ignore_index=-1,
+                        degradation=status.degradation)
     card = status.card
     if card is not None:
         info.version, info.description = card.version, card.description

@@ -52,7 +52,10 @@ def _update_health(running_health: health.HealthServicer, engine: Engine) -> Non
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     models = engine.models()
     for status in models:
-        running_health.set(model_health_name(status.name), serving if status.state == "ready" else not_serving)
+        ready = status.state == "ready"
+        running_health.set(model_health_name(status.name), serving if ready else not_serving)
+        # Serving, but not on its device (see device_fallback): a separate name, so that routing can tell.
+        running_health.set(f"{model_health_name(status.name)}/device", serving if ready and not status.degradation else not_serving)
     overall = serving if any(s.state == "ready" and s.is_default for s in models) else not_serving
     running_health.set("", overall)
     running_health.set(SERVICE_NAME, overall)
@@ -80,8 +83,8 @@ def start_server(settings: ServerSettings) -> RunningServer:
     stream_executor = ThreadPoolExecutor(settings.stream_workers, thread_name_prefix="stream-item")
     health_servicer = health.HealthServicer()
     pb_grpc.add_PrelabelServiceServicer_to_server(
-        PrelabelServicer(engine, stream_executor, settings.max_in_flight_per_stream,
-                         on_models_changed=lambda: _update_health(health_servicer, engine)), server)
+        PrelabelServicer(engine, stream_executor, settings.max_in_flight_per_stream), server)
+    engine.registry.add_listener(lambda: _update_health(health_servicer, engine))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)

@@ -27,10 +27,8 @@ def caller_gone(context: grpc.ServicerContext) -> Callable[[], bool]:
 
 
 class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
-    def __init__(self, engine: Engine, stream_executor: Executor, max_in_flight: int,
-                 on_models_changed: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, engine: Engine, stream_executor: Executor, max_in_flight: int) -> None:
         self._engine = engine
-        self._on_models_changed = on_models_changed
         self._stream_executor = stream_executor
         self._max_in_flight = max_in_flight
 
@@ -54,10 +52,7 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
         return pb.GetModelResponse(model=converters.model_info(self._engine.model(request.name)))
 
     def ReloadModel(self, request: pb.ReloadModelRequest, context: grpc.ServicerContext) -> pb.ReloadModelResponse:
-        try:
-            status, previous = self._engine.reload(request.name)
-        finally:
-            self._on_models_changed()
+        status, previous = self._engine.reload(request.name)
         return pb.ReloadModelResponse(model=converters.model_info(status), previous_version=previous)
 
     def Score(self, request_iterator: Iterator[pb.ScoreRequest],

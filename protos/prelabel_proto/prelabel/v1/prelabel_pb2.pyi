@@ -278,7 +278,7 @@ class InputSpec(_message.Message):
     def __init__(self, channels: _Optional[int] = ..., size_multiple: _Optional[int] = ..., tile_size: _Optional[int] = ..., tile_overlap: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., max_pixels: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "description", "architecture", "encoder", "classes", "input", "backend", "device", "state", "error", "temperature", "ignore_index", "is_default")
+    __slots__ = ("name", "version", "description", "architecture", "encoder", "classes", "input", "backend", "device", "state", "error", "temperature", "ignore_index", "is_default", "degradation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +293,7 @@ class ModelInfo(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     IGNORE_INDEX_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    DEGRADATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     description: str
@@ -307,7 +308,8 @@ class ModelInfo(_message.Message):
     temperature: float
     ignore_index: int
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., architecture: _Optional[str] = ..., encoder: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[ClassInfo, _Mapping]]] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., temperature: _Optional[float] = ..., ignore_index: _Optional[int] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    degradation: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., architecture: _Optional[str] = ..., encoder: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[ClassInfo, _Mapping]]] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., temperature: _Optional[float] = ..., ignore_index: _Optional[int] = ..., is_default: _Optional[bool] = ..., degradation: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "default_model")

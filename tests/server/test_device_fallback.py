@@ -1,0 +1,169 @@
+"""Accelerator failures: a batch that runs out of device memory is retried in halves, an image that
+fails alone runs on ONNX Runtime on the CPU, and the model reports the degradation (ModelInfo,
+health ``models/<name>/device``, metrics) until the device works again.
+
+No GPU is needed: ``DeviceWithRoomFor`` is a real torch backend (CPU) that raises torch's own
+``OutOfMemoryError`` for batches larger than its room, as a full GPU would. The CUDA path itself
+is only exercised where a GPU is lent (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
+
+from prelabel_client import PreLabelClient
+from prelabel_models import ModelPackage
+from prelabel_models.backends import create_backend
+from prelabel_models.image_files import list_images, read_rgb
+from prelabel_models.predictor import Predictor
+from prelabel_proto.errors import ResourceExhausted
+from prelabel_server.device_fallback import DeviceFallback, is_device_failure
+from prelabel_server.grpc_api.server import start_server
+from prelabel_server.settings import ServerSettings
+from service_packages import build_package, camvid_card
+
+
+class DeviceWithRoomFor:
+    """A torch backend whose "device" holds ``room`` images; larger calls raise CUDA's OOM error."""
+
+    def __init__(self, backend, room: int) -> None:
+        self.backend, self.room, self.calls = backend, room, []
+        self.name, self.device = backend.name, "cuda:0"
+
+    def _checked(self, images: int) -> None:
+        self.calls.append(images)
+        if images > self.room:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {images * 512} MiB (room for {self.room})")
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self._checked(len(batch))
+        return self.backend.run(batch)
+
+    def head(self, features: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        self._checked(len(masks))
+        return self.backend.head(features, masks)
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        self._checked(len(batch))
+        return self.backend.features(batch)
+
+
+class Events:
+    def __init__(self) -> None:
+        self.degraded: list[str] = []
+        self.recovered = 0
+
+    def fallback(self, primary, package: ModelPackage) -> DeviceFallback:
+        return DeviceFallback(primary, lambda: create_backend("onnx", package, device="cpu"),
+                              on_degraded=self.degraded.append, on_recovered=self._recovered)
+
+    def _recovered(self) -> None:
+        self.recovered += 1
+
+
+@pytest.fixture(scope="module")
+def package(model_repository: Path) -> ModelPackage:
+    return ModelPackage.open(model_repository / "deeplab")
+
+
+@pytest.fixture(scope="module")
+def batch(package: ModelPackage, camvid_root: Path) -> np.ndarray:
+    predictor = Predictor(package.card, create_backend("torch", package, device="cpu"))
+    images = [read_rgb(p)[:128, :160] for p in list_images(camvid_root / "val")[:4]]
+    return np.stack([predictor._input(image, package.card.output_stride) for image in images])
+
+
+def test_device_failures_are_told_from_other_errors():
+    assert is_device_failure(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_device_failure(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not is_device_failure(RuntimeError("Given groups=1, weight of size [64, 3, 7, 7], expected input"))
+    assert not is_device_failure(ValueError("CUDA"))  # not the runtime's error type
+
+
+def test_an_oversized_batch_is_split_until_it_fits(package, batch):
+    reference = create_backend("torch", package, device="cpu").run(batch)
+    device, events = DeviceWithRoomFor(create_backend("torch", package, device="cpu"), room=1), Events()
+    logits = events.fallback(device, package).run(batch)
+    assert device.calls == [4, 2, 1, 1, 2, 1, 1]
+    assert np.allclose(logits, reference, atol=1e-4)  # batch size changes float rounding only
+    assert events.degraded == [], "every image fitted on the device: no CPU fallback"
+
+
+def test_an_image_that_fails_alone_runs_on_the_cpu_and_the_model_reports_it(package, batch):
+    reference = create_backend("torch", package, device="cpu").run(batch[:2])
+    device, events = DeviceWithRoomFor(create_backend("torch", package, device="cpu"), room=0), Events()
+    backend = events.fallback(device, package)
+    logits = backend.run(batch[:2])
+    assert np.abs(logits - reference).max() < 1e-2  # ONNX Runtime's answer, within export parity
+    assert len(events.degraded) == 2 and "OutOfMemoryError" in events.degraded[0]
+    assert "running on ONNX Runtime on the CPU" in backend.degradation
+    device.room = 4  # the device has memory again: the next call runs there and clears the state
+    backend.run(batch[:2])
+    assert backend.degradation == "" and events.recovered == 1
+
+
+def test_mc_dropout_samples_are_split_too(tmp_path, camvid_root):
+    card = camvid_card("mc", "DeepLabV3Plus", "resnet18", output_stride=16, head_dropout=0.3)
+    dropout_package = build_package(tmp_path / "mc", card, list_images(camvid_root / "val")[:2])
+    image = read_rgb(list_images(camvid_root / "val")[0])[:128, :160]
+    reference = Predictor(card, create_backend("torch", dropout_package, device="cpu")).mc_dropout_logits(image, 8)
+    device, events = DeviceWithRoomFor(create_backend("torch", dropout_package, device="cpu"), room=2), Events()
+    samples = Predictor(card, events.fallback(device, dropout_package)).mc_dropout_logits(image, 8)
+    assert device.calls == [1, 8, 4, 2, 2, 4, 2, 2]  # the trunk once, then the 8 masks in halves
+    assert np.allclose(samples, reference, atol=1e-4)
+
+
+def test_other_errors_are_not_retried(package, batch):
+    device, events = DeviceWithRoomFor(create_backend("torch", package, device="cpu"), room=8), Events()
+    with pytest.raises(RuntimeError, match="expected input"):
+        events.fallback(device, package).run(batch[:, :2])  # two channels: a bug, not the device
+    assert device.calls == [4] and events.degraded == []
+
+
+def test_without_an_onnx_file_the_request_fails_with_resource_exhausted(tmp_path, camvid_root, batch):
+    card = camvid_card("no-onnx", "DeepLabV3Plus", "resnet18", output_stride=16)
+    package = build_package(tmp_path / "no-onnx", card, list_images(camvid_root / "val")[:2], onnx=False)
+    device, events = DeviceWithRoomFor(create_backend("torch", package, device="cpu"), room=0), Events()
+    with pytest.raises(ResourceExhausted, match="no CPU fallback.*prelabel export"):
+        events.fallback(device, package).run(batch[:1])
+
+
+def test_the_server_reports_degradation_in_model_info_health_and_metrics(model_repository, small_camvid_png):
+    running = start_server(ServerSettings(host="127.0.0.1", port=0, model_repository=model_repository,
+                                          backend="torch", device="cpu"))
+    try:
+        registry = running.engine.registry
+        served = registry.get("deeplab")
+        device = DeviceWithRoomFor(served.predictor.backend, room=0)
+        served.predictor.backend = registry.with_cpu_fallback(served, device, ModelPackage.open(served.folder))
+        fallbacks_before = REGISTRY.get_sample_value("prelabel_device_fallbacks_total", {"model": "deeplab"}) or 0.0
+        with PreLabelClient(running.address, timeout=120) as client, grpc.insecure_channel(running.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status(service: str) -> int:
+                return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+            assert status("models/deeplab/device") == health_pb2.HealthCheckResponse.SERVING
+            prediction = client.predict(small_camvid_png, model="deeplab")
+            assert prediction.mask.shape == prediction.uncertainty.shape
+            info = client.model("deeplab")
+            assert "OutOfMemoryError" in info.degradation and "CPU" in info.degradation
+            assert status("models/deeplab") == health_pb2.HealthCheckResponse.SERVING
+            assert status("models/deeplab/device") == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert REGISTRY.get_sample_value("prelabel_model_degraded", {"model": "deeplab"}) == 1.0
+            assert REGISTRY.get_sample_value("prelabel_device_fallbacks_total", {"model": "deeplab"}) > fallbacks_before
+
+            device.room = 8
+            client.predict(small_camvid_png, model="deeplab")
+            assert client.model("deeplab").degradation == ""
+            assert status("models/deeplab/device") == health_pb2.HealthCheckResponse.SERVING
+            assert REGISTRY.get_sample_value("prelabel_model_degraded", {"model": "deeplab"}) == 0.0
+    finally:
+        running.stop(grace=0)
