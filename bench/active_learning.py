@@ -177,10 +177,14 @@ def main() -> None:
     parser.add_argument("--ceiling-epochs", type=int, default=20)
     parser.add_argument("--scale", type=float, default=0.5)
     parser.add_argument("--resume", action="store_true", help="keep the strategies already complete in --out")
+    parser.add_argument("--report-only", action="store_true", help="plot and tabulate --out again, training nothing")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 rounds of 4+4 images, 1 epoch each")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "active_learning.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "active-learning.png")
     args = parser.parse_args()
+    if args.report_only:
+        report(Results.load(args.out), args.plot)
+        return
     if args.quick:
         args.initial, args.step, args.rounds, args.epochs, args.round_epochs, args.ceiling_epochs = 4, 4, 2, 1, 1, 1
 
@@ -201,8 +205,57 @@ def main() -> None:
         if index == 0 and results.ceiling_miou is None:
             results.ceiling_miou = ceiling_miou(config, data, args)
             results.save(args, args.out)
-    plot(results.points, results.ceiling_miou, args.plot)
+    report(results, args.plot)
     print(f"wrote {args.out} and {args.plot}")
+
+
+def report(results: "Results", plot_path: Path) -> None:
+    plot(results.points, results.ceiling_miou, plot_path)
+    print(markdown_table(results))
+
+
+def mean_curves(points: list[Point]) -> dict[str, list[tuple[int, float, float]]]:
+    """Per strategy: (labels, mean mIoU over seeds, spread = max - min over seeds), by label count."""
+    curves = {}
+    for strategy in STRATEGIES:
+        mine = [p for p in points if p.strategy == strategy]
+        labels = sorted({p.labels for p in mine})
+        values = [[p.miou for p in mine if p.labels == n] for n in labels]
+        if labels:
+            curves[strategy] = [(n, float(np.mean(v)), float(np.ptp(v))) for n, v in zip(labels, values)]
+    return curves
+
+
+def labels_to_reach(curve: list[tuple[int, float, float]], target: float) -> float | None:
+    """Labels at which the mean curve first reaches ``target`` (linear between measured points)."""
+    for (n0, m0, _), (n1, m1, _) in zip(curve, curve[1:]):
+        if m0 >= target:
+            return float(n0)
+        if m1 >= target:
+            return n0 + (target - m0) / (m1 - m0) * (n1 - n0)
+    return float(curve[0][0]) if curve and curve[0][1] >= target else None
+
+
+def markdown_table(results: "Results", pool: int = 367) -> str:
+    """The table docs/active-learning.md shows, with issue #5's two targets worked out."""
+    curves = mean_curves(results.points)
+    labels = sorted({n for curve in curves.values() for n, _, _ in curve})
+    seeds = sorted({p.seed for p in results.points})
+    lines = [f"| strategy | {' | '.join(f'{n} labels' for n in labels)} | labels to reach random's final mIoU | "
+             f"best mIoU with ≤ 25 % of the pool / ceiling |",
+             "|---|" + "---:|" * (len(labels) + 2)]
+    random_final = curves["random"][-1][1] if "random" in curves else None
+    for strategy, curve in curves.items():
+        cells = {n: f"{m:.3f}" + (f" ± {spread / 2:.3f}" if len(seeds) > 1 else "") for n, m, spread in curve}
+        needed = labels_to_reach(curve, random_final) if random_final is not None else None
+        saving = f"{needed:.0f} ({1 - needed / curve[-1][0]:+.0%} vs random)" if needed is not None else "not reached"
+        within_quarter = [m for n, m, _ in curve if n <= 0.25 * pool]
+        ceiling = (f"{max(within_quarter) / results.ceiling_miou:.0%}" if within_quarter and results.ceiling_miou
+                   else "—")
+        lines.append(f"| {strategy} | {' | '.join(cells.get(n, '—') for n in labels)} | {saving} | {ceiling} |")
+    if results.ceiling_miou is not None:
+        lines.append(f"\nCeiling (all {pool} images): val mIoU {results.ceiling_miou:.3f}. Seeds: {seeds}.")
+    return "\n".join(lines)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Serving benchmark: prelabel over gRPC against raw ONNX Runtime, side by side in one run.
 
-    .venv/bin/python bench/serving.py [--model-dir models/camvid] [--images 64] [--out bench/results/serving.json]
+    .venv/bin/python bench/serving.py [--model-dir models/camvid] [--images 40] [--repeats 3] [--out bench/results/serving.json]
 
 Prints a table (images/s, p50/p95/p99 latency, ratio to the raw-runtime limit, server CPU use and
 peak RSS) and writes it as JSON. The server runs in its own process, started here, so its CPU and
@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,20 +57,34 @@ def _row(name: str, latencies: list[float], wall: float, note: str = "") -> Row:
     return Row(name, len(latencies), len(latencies) / wall, *np.percentile(ms, [50, 95, 99]).tolist(), note=note)
 
 
-def raw_runtime(package: ModelPackage, images: list[np.ndarray], batch_sizes: list[int]) -> list[Row]:
-    """The limit: ONNX Runtime in-process on pre-normalised inputs, no gRPC, no decoding."""
+def raw_runtime(package: ModelPackage, images: list[np.ndarray], batch_sizes: list[int], repeats: int) -> list[Row]:
+    """The limit: ONNX Runtime in-process on pre-normalised inputs, no gRPC, no decoding; the batch
+    sizes take turns, ``repeats`` rounds, and each keeps its median round."""
     predictor = Predictor(package.card, create_backend("onnx", package))
     inputs = np.stack([predictor._input(im, package.card.output_stride) for im in images])
     predictor.backend.run(inputs[:1])  # warm-up
-    rows = []
-    for batch in batch_sizes:
+
+    def run(batch: int) -> tuple[list[float], float]:
         latencies, started = [], time.perf_counter()
         for start in range(0, len(inputs) - batch + 1, batch):
             t = time.perf_counter()
             predictor.backend.run(inputs[start: start + batch])
             latencies += [(time.perf_counter() - t) / batch] * batch
-        rows.append(_row(f"raw onnxruntime, batch {batch}", latencies, time.perf_counter() - started))
-    return rows
+        return latencies, time.perf_counter() - started
+
+    rounds = {batch: [] for batch in batch_sizes}
+    for _ in range(repeats):
+        for batch in batch_sizes:
+            rounds[batch].append(run(batch))
+    return [_median_row(f"raw onnxruntime, batch {batch}", rounds[batch]) for batch in batch_sizes]
+
+
+def _median_row(name: str, rounds: list[tuple[list[float], float]], note: str = "") -> Row:
+    """Throughput of the median round; latency percentiles over every round's requests."""
+    row = _row(name, [latency for latencies, _ in rounds for latency in latencies], 1.0, note)
+    row.images = len(rounds[0][0])
+    row.images_per_s = float(np.median([len(latencies) / wall for latencies, wall in rounds]))
+    return row
 
 
 def optimisation_levels(package: ModelPackage, images: list[np.ndarray]) -> tuple[list[Row], dict[str, float]]:
@@ -174,14 +189,30 @@ def stream(address: str, payloads: list[bytes], window: int) -> tuple[list[float
         return latencies, time.perf_counter() - started
 
 
-def measured(server: ServerProcess, name: str, run, limit: float, note: str = "") -> Row:
-    server.stats.start()
-    latencies, wall = run()
-    cpu = server.stats.cpu_cores()
-    row = _row(name, latencies, wall, note)
-    row.ratio_to_limit = row.images_per_s / limit
-    row.server_cpu_cores, row.server_peak_rss_mb = cpu, server.stats.peak_rss_mb()
-    return row
+@dataclass
+class Spec:
+    name: str
+    run: Callable[[], tuple[list[float], float]]
+    note: str = ""
+
+
+def interleaved(server: ServerProcess, specs: list[Spec], limit: float, repeats: int) -> list[Row]:
+    """Each spec once per round, ``repeats`` rounds: drift on a shared machine hits every spec of a
+    comparison alike. Rows keep the median round's throughput and server CPU."""
+    rounds: dict[str, list] = {spec.name: [] for spec in specs}
+    cpu: dict[str, list[float]] = {spec.name: [] for spec in specs}
+    for _ in range(repeats):
+        for spec in specs:
+            server.stats.start()
+            rounds[spec.name].append(spec.run())
+            cpu[spec.name].append(server.stats.cpu_cores())
+    rows = []
+    for spec in specs:
+        row = _median_row(spec.name, rounds[spec.name], spec.note)
+        row.ratio_to_limit = row.images_per_s / limit
+        row.server_cpu_cores, row.server_peak_rss_mb = float(np.median(cpu[spec.name])), server.stats.peak_rss_mb()
+        rows.append(row)
+    return rows
 
 
 def large_photo(image: np.ndarray) -> bytes:
@@ -192,7 +223,8 @@ def large_photo(image: np.ndarray) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "camvid")
-    parser.add_argument("--images", type=int, default=64, help="requests per measurement")
+    parser.add_argument("--images", type=int, default=40, help="requests per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per measurement; rows keep the median")
     parser.add_argument("--data", type=Path, default=CAMVID_VAL)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.json")
     args = parser.parse_args()
@@ -201,7 +233,8 @@ def main() -> None:
     paths = list_images(args.data)[: args.images]
     payloads = [p.read_bytes() for p in paths]
     images = [read_rgb(p) for p in paths]
-    rows = raw_runtime(package, images, [1, 2, 4])
+    repeats = args.repeats
+    rows = raw_runtime(package, images, [1, 2, 4], repeats)
     limit = max(r.images_per_s for r in rows)
     level_rows, startup = optimisation_levels(package, images[:16])
     rows += level_rows
@@ -210,51 +243,50 @@ def main() -> None:
     repository = args.model_dir.resolve().parent
 
     with ServerProcess(repository) as server:
-        for concurrency in (1, 4, 16):
-            rows.append(measured(server, f"prelabel Predict, concurrency {concurrency}",
-                                 lambda: unary(server.address, payloads, concurrency), limit))
-        rows.append(measured(server, "prelabel PredictStream, window 16", lambda: stream(server.address, payloads, 16), limit))
-        for outputs, measure in ((("mask",), "entropy"), (("mask", "uncertainty"), "entropy"),
-                                 (("mask", "uncertainty"), "margin"), (("mask", "uncertainty"), "least_confidence")):
-            label = "mask only" if outputs == ("mask",) else f"mask + {measure}"
-            rows.append(measured(server, f"Predict concurrency 4, {label}",
-                                 lambda: unary(server.address, payloads, 4, outputs=outputs, measure=measure), limit))
+        address = server.address
+        rows += interleaved(server, [
+            *(Spec(f"prelabel Predict, concurrency {c}", lambda c=c: unary(address, payloads, c)) for c in (1, 4, 16)),
+            Spec("prelabel PredictStream, window 16", lambda: stream(address, payloads, 16)),
+        ], limit, repeats)
+        rows += interleaved(server, [
+            Spec(f"Predict concurrency 4, {'mask only' if outputs == ('mask',) else 'mask + ' + measure}",
+                 lambda outputs=outputs, measure=measure: unary(address, payloads, 4, outputs=outputs, measure=measure))
+            for outputs, measure in ((("mask",), "entropy"), (("mask", "uncertainty"), "entropy"),
+                                     (("mask", "uncertainty"), "margin"), (("mask", "uncertainty"), "least_confidence"))
+        ], limit, repeats)
         sampled = payloads[: max(8, len(payloads) // 4)]
-        rows.append(measured(server, "Predict concurrency 1, mask + entropy",
-                             lambda: unary(server.address, sampled, 1), limit, "reference for the two rows below"))
+        specs = [Spec("Predict concurrency 1, mask + entropy", lambda: unary(address, sampled, 1),
+                      "reference for the sampled measures below")]
         if package.card.head_dropout > 0:
-            rows.append(measured(server, "Predict concurrency 1, MC dropout x8",
-                                 lambda: unary(server.address, sampled, 1, measure="mutual_information", mc_samples=8),
-                                 limit, "encoder once, head 8 times"))
-        rows.append(measured(server, "Predict concurrency 1, TTA (6 passes)",
-                             lambda: unary(server.address, sampled, 1, measure="tta_entropy"), limit))
-    with ServerProcess(repository, PRELABEL_ONNX_SPIN_WAIT="false") as server:
-        for concurrency in (1, 16):
-            rows.append(measured(server, f"ORT spin-wait off, Predict conc. {concurrency}",
-                                 lambda: unary(server.address, payloads, concurrency), limit,
-                                 "idle runtime threads sleep instead of spinning"))
-    with ServerProcess(repository, PRELABEL_BATCHING="false") as server:
-        rows.append(measured(server, "batching off, Predict concurrency 16",
-                             lambda: unary(server.address, payloads, 16), limit, "one request at a time per thread"))
+            specs.append(Spec("Predict concurrency 1, MC dropout x8",
+                               lambda: unary(address, sampled, 1, measure="mutual_information", mc_samples=8),
+                               "encoder once, head 8 times"))
+        specs.append(Spec("Predict concurrency 1, TTA (6 passes)", lambda: unary(address, sampled, 1, measure="tta_entropy")))
+        rows += interleaved(server, specs, limit, repeats)
+    for name, env, note in (("ORT spin-wait off", {"PRELABEL_ONNX_SPIN_WAIT": "false"}, "idle runtime threads sleep"),
+                            ("batching off", {"PRELABEL_BATCHING": "false"}, "one request at a time per thread")):
+        with ServerProcess(repository, **env) as server:
+            rows += interleaved(server, [Spec(f"{name}, Predict concurrency {c}", lambda c=c: unary(server.address, payloads, c),
+                                              note) for c in (1, 16)], limit, repeats)
     with ServerProcess(repository) as server:
-        rows.append(measured(server, "1 process, Predict conc. 16, 4 connections",
-                             lambda: unary(server.address, payloads, 16, connections=4), limit,
-                             "threads: decoding and encoding overlap inference"))
+        rows += interleaved(server, [Spec("1 process, Predict conc. 16, 4 connections",
+                                          lambda: unary(server.address, payloads, 16, connections=4),
+                                          "threads: decoding and encoding overlap inference")], limit, repeats)
     with ServerProcess(repository, processes=2, PRELABEL_INFERENCE_THREADS="1") as server:
-        rows.append(measured(server, "2 processes x 1 thread, conc. 16, 4 conns",
-                             lambda: unary(server.address, payloads, 16, connections=4), limit,
-                             "SO_REUSEPORT; each process its own model"))
+        rows += interleaved(server, [Spec("2 processes x 1 thread, conc. 16, 4 conns",
+                                          lambda: unary(server.address, payloads, 16, connections=4),
+                                          "SO_REUSEPORT; each process its own model")], limit, repeats)
     with ServerProcess(repository) as server:
         photo = large_photo(images[0])
-        rows.append(measured(server, "4000x3000 photo (tiled), Predict",
-                             lambda: unary(server.address, [photo] * 3, 1), limit, "latency per photo"))
+        rows += interleaved(server, [Spec("4000x3000 photo (tiled), Predict", lambda: unary(server.address, [photo] * 3, 1),
+                                          "latency per photo")], limit, 1)
 
     print_table(rows)
     for name, seconds in startup.items():
         print(f"{name:<42} {seconds:7.2f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
-              "model": package.card.name, "images": len(paths), "limit_images_per_s": limit,
+              "model": package.card.name, "images": len(paths), "repeats": args.repeats, "limit_images_per_s": limit,
               "rows": [asdict(r) for r in rows], "startup_seconds": startup}
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.out}")
