@@ -248,7 +248,7 @@ def markdown_table(results: "Results", pool: int = 367) -> str:
     for strategy, curve in curves.items():
         cells = {n: f"{m:.3f}" + (f" ± {spread / 2:.3f}" if len(seeds) > 1 else "") for n, m, spread in curve}
         needed = labels_to_reach(curve, random_final) if random_final is not None else None
-        saving = f"{needed:.0f} ({1 - needed / curve[-1][0]:+.0%} vs random)" if needed is not None else "not reached"
+        saving = f"{needed:.0f} ({1 - needed / curve[-1][0]:.0%} fewer)" if needed is not None else "not reached"
         within_quarter = [m for n, m, _ in curve if n <= 0.25 * pool]
         ceiling = (f"{max(within_quarter) / results.ceiling_miou:.0%}" if within_quarter and results.ceiling_miou
                    else "—")

@@ -33,6 +33,7 @@ from prelabel_server.types import (
     SegmentResult,
     Timings,
 )
+from prelabel_server.watcher import RepositoryWatcher
 
 _RETIRED_RETRIES = 3
 ResultT = TypeVar("ResultT")
@@ -46,11 +47,17 @@ class Engine:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.registry = ModelRegistry(settings)
+        self._watcher: RepositoryWatcher | None = None
 
     def load_models(self) -> None:
         self.registry.load_all()
+        if self.settings.repository_poll_seconds:
+            self._watcher = RepositoryWatcher(self.registry, self.settings.model_repository,
+                                              self.settings.repository_poll_seconds).start()
 
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
         self.registry.close()
 
     def segment(self, request: SegmentRequest, caller_gone: CallerGone = _never_gone) -> SegmentResult:

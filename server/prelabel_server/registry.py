@@ -33,6 +33,7 @@ class ServedModel:
     batcher: DynamicBatcher | None = None
     error: str = ""
     degradation: str = ""  # why it runs below its device (see device_fallback); empty when it does not
+    fingerprint: tuple = ()  # its files when loading began (see package_fingerprint)
 
     @property
     def backend(self) -> str:
@@ -43,6 +44,11 @@ class ServedModel:
         return self.predictor.backend.device if self.predictor else ""
 
 
+def package_fingerprint(folder: Path) -> tuple:
+    """Name, size and modification time of each file of a package: changes when any file is rewritten."""
+    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
+
+
 class ModelRegistry:
     def __init__(self, settings: ServerSettings) -> None:
         self._settings = settings
@@ -50,6 +56,7 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        self._unloadable: dict[Path, tuple] = {}  # fingerprints of package versions that failed to load
 
     def load_all(self) -> None:
         for folder in find_packages(self._settings.model_repository):
@@ -66,7 +73,7 @@ class ModelRegistry:
                     self._models[served.name] = served
 
     def _load(self, folder: Path) -> ServedModel:
-        served = ServedModel(name=folder.name, folder=folder)
+        served = ServedModel(name=folder.name, folder=folder, fingerprint=package_fingerprint(folder))
         try:
             package = ModelPackage.open(folder)
             served.name, served.card = package.card.name, package.card
@@ -98,6 +105,16 @@ class ModelRegistry:
         changed, served.degradation = served.degradation != reason, reason
         if changed:
             self._notify()
+
+    def loaded_fingerprints(self) -> dict[Path, tuple]:
+        """Each package folder's fingerprint as last loaded (or as last failed to load)."""
+        with self._lock:
+            return {m.folder: m.fingerprint for m in self._models.values()} | self._unloadable
+
+    def remember_fingerprint(self, folder: Path) -> None:
+        """Marks the folder's current files as tried (they failed): the watcher waits for a change."""
+        with self._lock:
+            self._unloadable[folder] = package_fingerprint(folder)
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Called after any model's state changes (reload, degradation): health follows the models."""
@@ -139,6 +156,7 @@ class ModelRegistry:
                     raise FailedPrecondition(f"model {name!r} failed to load from {fresh.folder}; still serving "
                                              f"version {old.card.version!r}: {fresh.error}")
                 self._models[name] = fresh
+                self._unloadable.pop(fresh.folder, None)
             if old is not None and old.batcher is not None:
                 old.batcher.stop()
             if fresh.state != "ready":

@@ -45,4 +45,7 @@ class ServerSettings(BaseSettings):
     tls_certificate: Path | None = Field(default=None, description="PEM certificate chain: serve TLS instead of plaintext.")
     tls_private_key: Path | None = Field(default=None, description="PEM private key for tls_certificate.")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Port for Prometheus /metrics over HTTP; 0 = off.")
+    repository_poll_seconds: float = Field(default=0.0, ge=0, description=(
+        "Poll the model repository this often and reload packages whose files changed (and load new "
+        "ones) once they have stayed the same for one more poll; 0 = off (ReloadModel only)."))
     grace_seconds: float = Field(default=5.0, ge=0, description="On shutdown, time given to calls in flight.")

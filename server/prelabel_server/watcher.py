@@ -1,0 +1,73 @@
+"""Watches the model repository: a package whose files changed is reloaded, a new package is loaded.
+
+This closes the active-learning loop without an admin call: ``prelabel train --init ... --out
+models/camvid`` rewrites the served package and the server swaps the new version in (atomically,
+through ``ModelRegistry.reload``). Polling, as Triton's ``--model-control-mode=poll`` does, rather
+than file-system events: a package is several files written one after another, so a change is
+only acted on once the package has looked the same for two polls in a row — never half-copied.
+A package that disappears keeps serving (unloading on a missing folder would turn a botched copy
+into an outage); restart the server to drop it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from prelabel_models import ModelPackage, ModelPackageError, find_packages
+from prelabel_proto.errors import PrelabelError
+from prelabel_server.registry import ModelRegistry, package_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+class RepositoryWatcher:
+    def __init__(self, registry: ModelRegistry, repository: Path, interval_seconds: float) -> None:
+        self._registry = registry
+        self._repository = repository
+        self._interval = interval_seconds
+        self._previous_poll: dict[Path, tuple] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="repository-watcher", daemon=True)
+
+    def start(self) -> "RepositoryWatcher":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.poll()
+            except Exception:  # a bad poll must not end the watching
+                log.exception("polling model repository %s failed", self._repository)
+
+    def poll(self) -> list[str]:
+        """Reloads every package that changed and has since stayed the same; returns their names."""
+        current = {folder: package_fingerprint(folder) for folder in find_packages(self._repository)}
+        loaded = self._registry.loaded_fingerprints()
+        settled = [folder for folder, fingerprint in current.items()
+                   if fingerprint != loaded.get(folder) and fingerprint == self._previous_poll.get(folder)]
+        self._previous_poll = current
+        return [name for name in map(self._reload, settled) if name]
+
+    def _reload(self, folder: Path) -> str:
+        try:
+            name = ModelPackage.open(folder).card.name
+        except ModelPackageError as exc:
+            log.error("model package %s changed but cannot be read: %s", folder, exc)
+            self._registry.remember_fingerprint(folder)  # do not retry until it changes again
+            return ""
+        try:
+            self._registry.reload(name)
+        except PrelabelError as exc:
+            log.error("model package %s changed but did not load (the previous version, if any, keeps serving): %s",
+                      folder, exc)
+            self._registry.remember_fingerprint(folder)
+            return ""
+        log.info("model %s reloaded from %s after it changed", name, folder)
+        return name
