@@ -62,7 +62,7 @@ class PixelMaps:
     mask: np.ndarray                  # (...) uint8 class ids
     confidence: np.ndarray            # (...) float32 top-class probability
     uncertainty: np.ndarray           # (...) float32 in [0, 1]
-    probabilities: np.ndarray | None  # (C, ...) float32, only when asked for or the measure needs them
+    probabilities: np.ndarray | None  # (C, ...) float32, only when asked for
 
 
 def pixel_maps(logits: np.ndarray, temperature: float = 1.0, measure: str = DEFAULT_MEASURE,
@@ -115,5 +115,4 @@ def _top_class(shifted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @lru_cache(maxsize=16)
 def _lowest_set_bit(bits: int) -> np.ndarray:
     values = np.arange(1 << bits, dtype=np.int64)
-    lowest = np.log2(np.maximum(values & -values, 1)).astype(np.uint8)
-    return lowest
+    return np.log2(np.maximum(values & -values, 1)).astype(np.uint8)
