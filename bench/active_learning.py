@@ -214,15 +214,15 @@ def report(results: "Results", plot_path: Path) -> None:
     print(markdown_table(results))
 
 
-def mean_curves(points: list[Point]) -> dict[str, list[tuple[int, float, float]]]:
-    """Per strategy: (labels, mean mIoU over seeds, spread = max - min over seeds), by label count."""
+def mean_curves(points: list[Point]) -> dict[str, list[tuple[int, float, list[float]]]]:
+    """Per strategy: (labels, mean mIoU over seeds, each seed's mIoU), by label count."""
     curves = {}
     for strategy in STRATEGIES:
         mine = [p for p in points if p.strategy == strategy]
         labels = sorted({p.labels for p in mine})
         values = [[p.miou for p in mine if p.labels == n] for n in labels]
         if labels:
-            curves[strategy] = [(n, float(np.mean(v)), float(np.ptp(v))) for n, v in zip(labels, values)]
+            curves[strategy] = [(n, float(np.mean(v)), v) for n, v in zip(labels, values)]
     return curves
 
 
@@ -241,18 +241,21 @@ def markdown_table(results: "Results", pool: int = 367) -> str:
     curves = mean_curves(results.points)
     labels = sorted({n for curve in curves.values() for n, _, _ in curve})
     seeds = sorted({p.seed for p in results.points})
-    lines = [f"| strategy | {' | '.join(f'{n} labels' for n in labels)} | labels to reach random's final mIoU | "
+    lines = [f"| strategy (seeds) | {' | '.join(f'{n} labels' for n in labels)} | labels to reach random's final mIoU | "
              f"best mIoU with ≤ 25 % of the pool / ceiling |",
              "|---|" + "---:|" * (len(labels) + 2)]
     random_final = curves["random"][-1][1] if "random" in curves else None
     for strategy, curve in curves.items():
-        cells = {n: f"{m:.3f}" + (f" ± {spread / 2:.3f}" if len(seeds) > 1 else "") for n, m, spread in curve}
+        cells = {n: f"{m:.3f}" + (f" ({', '.join(f'{v:.3f}' for v in per_seed)})" if len(per_seed) > 1 else "")
+                 for n, m, per_seed in curve}
         needed = labels_to_reach(curve, random_final) if random_final is not None else None
         saving = f"{needed:.0f} ({1 - needed / curve[-1][0]:.0%} fewer)" if needed is not None else "not reached"
         within_quarter = [m for n, m, _ in curve if n <= 0.25 * pool]
         ceiling = (f"{max(within_quarter) / results.ceiling_miou:.0%}" if within_quarter and results.ceiling_miou
                    else "—")
-        lines.append(f"| {strategy} | {' | '.join(cells.get(n, '—') for n in labels)} | {saving} | {ceiling} |")
+        strategy_seeds = sorted({p.seed for p in results.points if p.strategy == strategy})
+        lines.append(f"| {strategy} ({', '.join(map(str, strategy_seeds))}) | {' | '.join(cells.get(n, '—') for n in labels)} "
+                     f"| {saving} | {ceiling} |")
     if results.ceiling_miou is not None:
         lines.append(f"\nCeiling (all {pool} images): val mIoU {results.ceiling_miou:.3f}. Seeds: {seeds}.")
     return "\n".join(lines)
