@@ -156,7 +156,7 @@ def plot(points: list[Point], ceiling: float | None, path: Path) -> None:
         axis.axhline(ceiling, color="grey", linestyle="--", label="all 367 (ceiling)")
     axis.set_xlabel("labelled images")
     axis.set_ylabel("val mIoU (half resolution)")
-    axis.legend()
+    axis.legend(loc="lower right")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
