@@ -52,11 +52,6 @@ class Row:
     note: str = ""
 
 
-def _row(name: str, latencies: list[float], wall: float, note: str = "") -> Row:
-    ms = np.asarray(latencies) * 1000
-    return Row(name, len(latencies), len(latencies) / wall, *np.percentile(ms, [50, 95, 99]).tolist(), note=note)
-
-
 def raw_runtime(package: ModelPackage, images: list[np.ndarray], batch_sizes: list[int], repeats: int) -> list[Row]:
     """The limit: ONNX Runtime in-process on pre-normalised inputs, no gRPC, no decoding; the batch
     sizes take turns, ``repeats`` rounds, and each keeps its median round."""
@@ -81,10 +76,9 @@ def raw_runtime(package: ModelPackage, images: list[np.ndarray], batch_sizes: li
 
 def _median_row(name: str, rounds: list[tuple[list[float], float]], note: str = "") -> Row:
     """Throughput of the median round; latency percentiles over every round's requests."""
-    row = _row(name, [latency for latencies, _ in rounds for latency in latencies], 1.0, note)
-    row.images = len(rounds[0][0])
-    row.images_per_s = float(np.median([len(latencies) / wall for latencies, wall in rounds]))
-    return row
+    ms = np.asarray([latency for latencies, _ in rounds for latency in latencies]) * 1000
+    images_per_s = float(np.median([len(latencies) / wall for latencies, wall in rounds]))
+    return Row(name, len(rounds[0][0]), images_per_s, *np.percentile(ms, [50, 95, 99]).tolist(), note=note)
 
 
 def optimisation_levels(package: ModelPackage, images: list[np.ndarray]) -> tuple[list[Row], dict[str, float]]:
@@ -110,8 +104,8 @@ def optimisation_levels(package: ModelPackage, images: list[np.ndarray]) -> tupl
             t = time.perf_counter()
             session.run(None, {"images": batch})
             latencies.append(time.perf_counter() - t)
-        rows.append(_row(f"raw onnxruntime, batch 1, {level.removeprefix('ORT_').lower()}", latencies,
-                         time.perf_counter() - started))
+        rows.append(_median_row(f"raw onnxruntime, batch 1, {level.removeprefix('ORT_').lower()}",
+                                [(latencies, time.perf_counter() - started)]))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     started = time.perf_counter()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import cv2
 import numpy as np
 
-from prelabel_models.uncertainty import normalized_entropy
+from prelabel_models.uncertainty import normalized_entropy, pixel_maps
 
 MC_MEASURES = ("mc_entropy", "mutual_information", "mc_variance")
 TTA_MEASURES = ("tta_entropy", "tta_disagreement")
@@ -40,27 +40,15 @@ class SampleStatistics:
     disagreement: np.ndarray         # share of samples whose class differs from the consensus
 
 
-def _softmax_and_entropy(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and entropy (nats) of one sample; the entropy as log-sum-exp minus the
-    expected logit, which needs one log per pixel instead of one per pixel and class."""
-    shifted = logits / np.float32(temperature)
-    shifted -= shifted.max(axis=0, keepdims=True)
-    probabilities = np.exp(shifted)
-    total = probabilities.sum(axis=0)
-    probabilities /= total
-    return probabilities, np.log(total) - (probabilities * shifted).sum(axis=0)
-
-
 def sample_statistics(sample_logits: np.ndarray, temperature: float = 1.0) -> SampleStatistics:
-    per_sample = [_softmax_and_entropy(logits, temperature) for logits in sample_logits]
-    probabilities = np.stack([p for p, _ in per_sample])
+    per_sample = [pixel_maps(logits, temperature, "entropy", keep_probabilities=True) for logits in sample_logits]
+    probabilities = np.stack([maps.probabilities for maps in per_sample])
     mean = probabilities.mean(axis=0)
     entropy = normalized_entropy(mean)
-    log_classes = np.float32(np.log(sample_logits.shape[1]))
-    expected_entropy = np.mean([h for _, h in per_sample], axis=0) / log_classes
+    expected_entropy = np.mean([maps.uncertainty for maps in per_sample], axis=0)
     consensus = mean.argmax(axis=0)
     chosen = np.take_along_axis(probabilities, consensus[None, None], axis=1)[:, 0]
-    disagreement = (probabilities.argmax(axis=1) != consensus[None]).mean(axis=0)
+    disagreement = (np.stack([maps.mask for maps in per_sample]) != consensus[None]).mean(axis=0)
     return SampleStatistics(
         mean_probabilities=mean,
         predictive_entropy=entropy,

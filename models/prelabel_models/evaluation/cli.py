@@ -102,9 +102,11 @@ def _check_backend(name: str) -> None:
 
 def _server_command(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turns a missing server-side dependency or an unusable input into a one-line message."""
+    with_extra = needs_extra("server")(handler)
+
     def run(args: argparse.Namespace) -> int:
         try:
-            return needs_extra("server")(handler)(args)
+            return with_extra(args)
         except Exception as exc:
             from prelabel_models.package import ModelPackageError
 
