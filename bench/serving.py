@@ -49,6 +49,7 @@ class Row:
     ratio_to_limit: float = 0.0
     server_cpu_cores: float = 0.0
     server_peak_rss_mb: float = 0.0
+    client_cpu_cores: float = 0.0  # this process: the Python client (or, for raw rows, the runtime)
     note: str = ""
 
 
@@ -68,10 +69,16 @@ def raw_runtime(package: ModelPackage, images: list[np.ndarray], batch_sizes: li
         return latencies, time.perf_counter() - started
 
     rounds = {batch: [] for batch in batch_sizes}
+    cpu: dict[int, list[float]] = {batch: [] for batch in batch_sizes}
     for _ in range(repeats):
         for batch in batch_sizes:
+            client = _ClientCpu()
             rounds[batch].append(run(batch))
-    return [_median_row(f"raw onnxruntime, batch {batch}", rounds[batch]) for batch in batch_sizes]
+            cpu[batch].append(client.cores())
+    rows = [_median_row(f"raw onnxruntime, batch {batch}", rounds[batch]) for batch in batch_sizes]
+    for row, batch in zip(rows, batch_sizes):
+        row.client_cpu_cores = float(np.median(cpu[batch]))
+    return rows
 
 
 def _median_row(name: str, rounds: list[tuple[list[float], float]], note: str = "") -> Row:
@@ -195,18 +202,32 @@ def interleaved(server: ServerProcess, specs: list[Spec], limit: float, repeats:
     comparison alike. Rows keep the median round's throughput and server CPU."""
     rounds: dict[str, list] = {spec.name: [] for spec in specs}
     cpu: dict[str, list[float]] = {spec.name: [] for spec in specs}
+    client_cpu: dict[str, list[float]] = {spec.name: [] for spec in specs}
     for _ in range(repeats):
         for spec in specs:
             server.stats.start()
+            client = _ClientCpu()
             rounds[spec.name].append(spec.run())
             cpu[spec.name].append(server.stats.cpu_cores())
+            client_cpu[spec.name].append(client.cores())
     rows = []
     for spec in specs:
         row = _median_row(spec.name, rounds[spec.name], spec.note)
         row.ratio_to_limit = row.images_per_s / limit
         row.server_cpu_cores, row.server_peak_rss_mb = float(np.median(cpu[spec.name])), server.stats.peak_rss_mb()
+        row.client_cpu_cores = float(np.median(client_cpu[spec.name]))
         rows.append(row)
     return rows
+
+
+class _ClientCpu:
+    """Cores this process (the client, all its threads) kept busy since it was made."""
+
+    def __init__(self) -> None:
+        self._cpu, self._wall = time.process_time(), time.perf_counter()
+
+    def cores(self) -> float:
+        return (time.process_time() - self._cpu) / max(time.perf_counter() - self._wall, 1e-9)
 
 
 def large_photo(image: np.ndarray) -> bytes:
@@ -287,12 +308,13 @@ def main() -> None:
 
 
 def print_table(rows: list[Row]) -> None:
-    header = f"{'configuration':<42} {'img/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'/limit':>7} {'srv CPU':>8} {'srv RSS MB':>10}"
+    header = (f"{'configuration':<42} {'img/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'/limit':>7} "
+              f"{'srv CPU':>8} {'srv RSS MB':>10} {'this CPU':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r.name:<42} {r.images_per_s:7.2f} {r.p50_ms:8.1f} {r.p95_ms:8.1f} {r.p99_ms:8.1f} "
-              f"{r.ratio_to_limit:7.1%} {r.server_cpu_cores:8.2f} {r.server_peak_rss_mb:10.0f}")
+              f"{r.ratio_to_limit:7.1%} {r.server_cpu_cores:8.2f} {r.server_peak_rss_mb:10.0f} {r.client_cpu_cores:8.2f}")
 
 
 if __name__ == "__main__":

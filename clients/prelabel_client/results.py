@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -48,11 +49,12 @@ class ReviewRegion:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's pre-annotation. ``mask`` and ``uncertainty`` have the image's height and width."""
+    """One image's pre-annotation. ``mask`` and ``uncertainty`` have the image's height and width.
 
-    mask: np.ndarray | None            # (H, W) uint8 class ids
-    uncertainty: np.ndarray | None     # (H, W) float32 in [0, 1]
-    probabilities: np.ndarray | None   # (C, H, W) float32
+    The arrays are decoded from ``response`` on first access: a batch job that writes the server's
+    PNGs straight to disk, or only reads the summary, never pays for decoding them.
+    """
+
     summary: Summary
     model: str
     model_version: str
@@ -63,6 +65,21 @@ class Prediction:
     response: pb.PredictResponse
     review_regions: list[ReviewRegion] = field(default_factory=list)
     ok: bool = True
+
+    @cached_property
+    def mask(self) -> np.ndarray | None:
+        """(H, W) uint8 class ids."""
+        return decode_array(self.response.mask) if self.response.HasField("mask") else None
+
+    @cached_property
+    def uncertainty(self) -> np.ndarray | None:
+        """(H, W) float32 in [0, 1]."""
+        return _unit_map(self.response.uncertainty) if self.response.HasField("uncertainty") else None
+
+    @cached_property
+    def probabilities(self) -> np.ndarray | None:
+        """(C, H, W) float32."""
+        return _unit_map(self.response.probabilities) if self.response.HasField("probabilities") else None
 
 
 @dataclass(frozen=True)
@@ -157,9 +174,6 @@ def prediction_from_response(response: pb.PredictResponse) -> Prediction:
                       _class_shares(s.classes))
     timings = response.timings
     return Prediction(
-        mask=decode_array(response.mask) if response.HasField("mask") else None,
-        uncertainty=_unit_map(response.uncertainty) if response.HasField("uncertainty") else None,
-        probabilities=_unit_map(response.probabilities) if response.HasField("probabilities") else None,
         summary=summary, model=response.model, model_version=response.model_version, backend=response.backend,
         device=response.device, tiles=response.tiles, response=response,
         review_regions=[ReviewRegion((r.x, r.y, r.width, r.height), list(zip(r.polygon[::2], r.polygon[1::2])),

@@ -60,7 +60,9 @@ class ModelCard(BaseModel):
     tile_overlap: int = Field(default=64, ge=0, description="Overlap between neighbouring tiles, in pixels.")
     temperature: float = Field(default=1.0, gt=0, description="Logits are divided by this before softmax.")
     max_batch_size: int = Field(default=4, ge=1, description="Most requests the server batches into one forward pass.")
-    max_queue_delay_ms: float = Field(default=2.0, ge=0, description="Longest a request waits for others to batch with.")
+    max_queue_delay_ms: float = Field(default=0.0, ge=0, description=(
+        "Longest a request waits for others to batch with. 0: none, yet requests that queue while a "
+        "batch runs still share the next one; a few ms can help a GPU fill its batches."))
     head_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout before the segmentation head.")
     weights: str = "model.safetensors"
     onnx: str = "model.onnx"

@@ -11,8 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prelabel_models import parallel
 from prelabel_models.epistemic import SampleStatistics, measure_map
 from prelabel_models.uncertainty import get_measure, pixel_maps
+
+
+BAND_PIXELS = 262_144  # pixels post-processed at once: ~40 MB of temporaries with 11 classes
 
 
 @dataclass
@@ -40,31 +44,53 @@ class MapSummary:
 
 
 def segment_maps(logits: np.ndarray, temperature: float = 1.0, measure: str = "entropy",
-                 keep_probabilities: bool = False, band_rows: int = 256) -> SegmentationMaps:
+                 keep_probabilities: bool = False, band_pixels: int = BAND_PIXELS) -> SegmentationMaps:
     """Applies the temperature, then derives every per-pixel map from the class probabilities."""
     classes, height, width = logits.shape
-    bands = ((slice(top, min(top + band_rows, height)), logits[:, top: top + band_rows])
-             for top in range(0, height, band_rows))
-    return segment_bands(bands, classes, height, width, temperature, measure, keep_probabilities)
+    return segment_bands([(slice(0, height), logits)], classes, height, width, temperature, measure,
+                         keep_probabilities, band_pixels)
 
 
 def segment_bands(bands: Iterable[tuple[slice, np.ndarray]], classes: int, height: int, width: int,
                   temperature: float = 1.0, measure: str = "entropy", keep_probabilities: bool = False,
-                  band_rows: int = 256) -> SegmentationMaps:
-    """Like ``segment_maps`` for logits that arrive as bands of rows (see Predictor.logit_bands)."""
+                  band_pixels: int = BAND_PIXELS) -> SegmentationMaps:
+    """Like ``segment_maps`` for logits that arrive as bands of rows (see Predictor.logit_bands).
+
+    Each band is cut into pieces of rows that the CPU pool works on at once (numpy releases the
+    GIL); the pieces running together never cover more than ``band_pixels`` pixels, which bounds
+    the temporaries of a 12-megapixel image.
+    """
     get_measure(measure)  # unknown names fail before any work
-    mask = np.empty((height, width), np.uint8)
-    confidence = np.empty((height, width), np.float32)
-    uncertainty = np.empty((height, width), np.float32)
-    probabilities = np.empty((classes, height, width), np.float16) if keep_probabilities else None
+    maps = SegmentationMaps(mask=np.empty((height, width), np.uint8),
+                            confidence=np.empty((height, width), np.float32),
+                            uncertainty=np.empty((height, width), np.float32),
+                            probabilities=np.empty((classes, height, width), np.float16) if keep_probabilities else None)
+
+    def fill(piece: tuple[int, np.ndarray]) -> None:
+        top, logits = piece
+        band = pixel_maps(logits, temperature, measure, keep_probabilities)
+        rows = slice(top, top + logits.shape[1])
+        maps.mask[rows], maps.confidence[rows], maps.uncertainty[rows] = band.mask, band.confidence, band.uncertainty
+        if maps.probabilities is not None:
+            maps.probabilities[:, rows] = band.probabilities
+
     for rows, logits in bands:
-        for offset in range(0, logits.shape[1], band_rows):
-            part = slice(rows.start + offset, min(rows.start + offset + band_rows, rows.stop))
-            band = pixel_maps(logits[:, offset: offset + band_rows], temperature, measure, keep_probabilities)
-            mask[part], confidence[part], uncertainty[part] = band.mask, band.confidence, band.uncertainty
-            if probabilities is not None:
-                probabilities[:, part] = band.probabilities
-    return SegmentationMaps(mask, confidence, uncertainty, probabilities)
+        parallel.map_all(fill, _pieces(rows.start, logits, band_pixels))
+    return maps
+
+
+_MIN_PIECE_PIXELS = 32_768  # below this, handing work to another thread costs more than it saves
+
+
+def _pieces(top: int, logits: np.ndarray, band_pixels: int) -> list[tuple[int, np.ndarray]]:
+    """(first row, logits) pieces of a band, small enough that one per core fits ``band_pixels``."""
+    rows, width = logits.shape[1], logits.shape[2]
+    pixels, cores = rows * width, parallel.usable_cores()
+    count = -(-pixels // max(1, band_pixels // cores))
+    if count < cores:  # fits at once: split only as far as it pays
+        count = max(1, min(cores, pixels // _MIN_PIECE_PIXELS))
+    size = -(-rows // min(count, rows))
+    return [(top + start, logits[:, start: start + size]) for start in range(0, rows, size)]
 
 
 def maps_from_statistics(statistics: SampleStatistics, measure: str, keep_probabilities: bool = False) -> SegmentationMaps:

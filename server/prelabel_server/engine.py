@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from prelabel_models import parallel
 from prelabel_models.acquisition import top_fraction_score
 from prelabel_models.epistemic import SAMPLED_MEASURES
 from prelabel_models.postprocessing import SegmentationMaps, summarize
@@ -154,23 +155,28 @@ class Engine:
 
     @staticmethod
     def _encode(served: ServedModel, request: SegmentRequest, maps: SegmentationMaps) -> dict:
-        """The SegmentResult fields that describe the maps (keyword arguments)."""
+        """The SegmentResult fields that describe the maps (keyword arguments). The arrays are
+        encoded on the CPU pool while this thread summarises, since OpenCV and zlib release the GIL."""
         card = served.card
-        encoded = {}
+        pending = {}
         if "mask" in request.outputs:
-            encoded["mask"] = encoding.encode("mask", request.mask_format, maps.mask, card.palette)
+            pending["mask"] = parallel.submit(encoding.encode, "mask", request.mask_format, maps.mask, card.palette)
         if "uncertainty" in request.outputs:
-            encoded["uncertainty"] = encoding.encode("uncertainty", request.uncertainty_format, maps.uncertainty)
+            pending["uncertainty"] = parallel.submit(encoding.encode, "uncertainty", request.uncertainty_format,
+                                                     maps.uncertainty)
         if maps.probabilities is not None:
-            encoded["probabilities"] = encoding.encode("probabilities", request.probabilities_format, maps.probabilities)
+            pending["probabilities"] = parallel.submit(encoding.encode, "probabilities", request.probabilities_format,
+                                                       maps.probabilities)
+        described = {}
         if "review_regions" in request.outputs:
-            encoded["review_regions"] = review_regions(maps.uncertainty, maps.confidence, maps.mask,
-                                                       request.uncertainty_threshold,
-                                                       max_regions=request.max_review_regions)
+            described["review_regions"] = review_regions(maps.uncertainty, maps.confidence, maps.mask,
+                                                         request.uncertainty_threshold,
+                                                         max_regions=request.max_review_regions)
+        summary = summarize(maps, card.num_classes, request.uncertainty_threshold)
+        encoded = {output: future.result() for output, future in pending.items()}
         return dict(model=served.name, version=card.version, backend=served.backend, device=served.device,
-                    height=int(maps.mask.shape[0]), width=int(maps.mask.shape[1]),
-                    summary=summarize(maps, card.num_classes, request.uncertainty_threshold),
-                    measure=request.measure, class_names=[c.name for c in card.classes], **encoded)
+                    height=int(maps.mask.shape[0]), width=int(maps.mask.shape[1]), summary=summary,
+                    measure=request.measure, class_names=[c.name for c in card.classes], **encoded, **described)
 
     def models(self) -> list[ModelStatus]:
         default = self.registry.default_name

@@ -36,6 +36,6 @@ def test_pixel_maps_match_softmax_then_measure(measure, classes):
 
 def test_segment_maps_bands_give_the_same_maps_as_one_pass():
     logits = (np.random.default_rng(0).standard_normal((11, 300, 64)) * 3).astype(np.float32)
-    whole, banded = segment_maps(logits, 1.1, band_rows=1000), segment_maps(logits, 1.1, band_rows=7)
+    whole, banded = segment_maps(logits, 1.1, band_pixels=10**9), segment_maps(logits, 1.1, band_pixels=7 * 64)
     assert np.array_equal(whole.mask, banded.mask)
     assert np.array_equal(whole.uncertainty, banded.uncertainty)

@@ -91,3 +91,13 @@ def test_a_palette_png_gives_the_mask_of_its_colours(onnx_client: PreLabelClient
     palette = _palette(small_camvid_rgb)
     mask = onnx_client.predict(_png_with_pillow(palette)).mask
     np.testing.assert_array_equal(mask, onnx_client.predict(np.asarray(palette.convert("RGB"))).mask)
+
+
+def test_result_arrays_are_decoded_on_first_read_from_the_response(onnx_client: PreLabelClient,
+                                                                   small_camvid_rgb: np.ndarray) -> None:
+    prediction = onnx_client.predict(small_camvid_rgb)
+    assert "mask" not in vars(prediction) and "uncertainty" not in vars(prediction)  # nothing decoded yet
+    with Image.open(io.BytesIO(prediction.response.mask.data)) as written:
+        np.testing.assert_array_equal(prediction.mask, np.asarray(written))
+    assert prediction.mask is prediction.mask  # decoded once, then kept
+    assert prediction.uncertainty.dtype == np.float32 and prediction.uncertainty.shape == prediction.mask.shape

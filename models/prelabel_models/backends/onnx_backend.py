@@ -31,8 +31,11 @@ class OnnxBackend:
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             self._options.intra_op_num_threads = threads
-        # Spinning keeps the pool's latency low but burns cores that other work could use: a setting.
+        # Spinning between operators keeps a run fast but burns cores that other work could use: a
+        # setting. Either way the pool stops spinning as soon as a run returns, because the request's
+        # post-processing needs those cores next (14 vs 19 ms at concurrency 1, measured).
         self._options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
+        self._options.add_session_config_entry("session.force_spinning_stop", "1")
         self._providers = providers
         self._package = package
         self.session = ort.InferenceSession(str(package.onnx_path), self._options, providers=providers)
