@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from prelabel_models.postprocessing import segment_maps
-from prelabel_models.uncertainty import UNCERTAINTY_MEASURES, get_measure, pixel_maps, softmax
+from prelabel_models.uncertainty import UNCERTAINTY_MEASURES, fast_exp, get_measure, pixel_maps, softmax
 
 
 def test_measures_on_hand_checked_pixels():
@@ -39,3 +39,19 @@ def test_segment_maps_bands_give_the_same_maps_as_one_pass():
     whole, banded = segment_maps(logits, 1.1, band_pixels=10**9), segment_maps(logits, 1.1, band_pixels=7 * 64)
     assert np.array_equal(whole.mask, banded.mask)
     assert np.array_equal(whole.uncertainty, banded.uncertainty)
+
+
+@pytest.mark.parametrize("shape", [(11, 37, 53), (7,), (3, 1, 5)])
+def test_fast_exp_matches_numpy_including_underflow(shape):
+    values = (np.random.default_rng(3).standard_normal(shape) * 15).astype(np.float32)
+    values.flat[0] = -1e4  # far below float32's range: exactly 0, as numpy gives
+    expected = np.exp(values)
+    result = fast_exp(values)
+    assert result.dtype == np.float32 and result.shape == shape
+    np.testing.assert_allclose(result, expected, rtol=1e-6, atol=0)
+    assert result.flat[0] == 0.0
+
+
+def test_fast_exp_reads_a_strided_view():
+    values = np.random.default_rng(4).standard_normal((4, 20, 30)).astype(np.float32)
+    np.testing.assert_allclose(fast_exp(values[:, 5:15, ::2]), np.exp(values[:, 5:15, ::2]), rtol=1e-6)
