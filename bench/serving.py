@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -273,7 +274,7 @@ def main() -> None:
     rows = raw_runtime(runtime, [1, 2, 4], repeats)
     limit = max(r.images_per_s for r in rows)
     best_batch = int(max(rows, key=lambda r: r.images_per_s).name.rsplit(" ", 1)[1])
-    reference = lambda: runtime.run(best_batch)  # noqa: E731  opens every round below
+    reference = partial(runtime.run, best_batch)  # opens every comparison round below
     level_rows, startup = optimisation_levels(package, images[:16])
     rows += level_rows
     for r in rows:
