@@ -51,11 +51,15 @@ class Row:
     server_cpu_cores: float = 0.0
     server_peak_rss_mb: float = 0.0
     client_cpu_cores: float = 0.0  # this process: the Python client (or, for raw rows, the runtime)
-    cpu_ms_per_image: float = 0.0  # server and this process together: the machine's cost of one image
-
-    def count_cpu(self) -> None:
-        self.cpu_ms_per_image = (self.server_cpu_cores + self.client_cpu_cores) / self.images_per_s * 1000
     note: str = ""
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        """Server and this process together: the machine's CPU cost of one image."""
+        return (self.server_cpu_cores + self.client_cpu_cores) / self.images_per_s * 1000
+
+    def report(self) -> dict:
+        return {**asdict(self), "cpu_ms_per_image": self.cpu_ms_per_image}
 
 
 class RawRuntime:
@@ -63,16 +67,21 @@ class RawRuntime:
 
     def __init__(self, package: ModelPackage, images: list[np.ndarray]) -> None:
         self._predictor = Predictor(package.card, create_backend("onnx", package))
-        self._inputs = np.stack([self._predictor._input(im, package.card.output_stride) for im in images])
-        self._predictor.backend.run(self._inputs[:1])  # warm-up
+        self.inputs = np.stack([self._predictor._input(im, package.card.output_stride) for im in images])
+        self._predictor.backend.run(self.inputs[:1])  # warm-up
 
     def run(self, batch: int) -> tuple[list[float], float]:
-        latencies, started = [], time.perf_counter()
-        for start in range(0, len(self._inputs) - batch + 1, batch):
-            t = time.perf_counter()
-            self._predictor.backend.run(self._inputs[start: start + batch])
-            latencies += [(time.perf_counter() - t) / batch] * batch
-        return latencies, time.perf_counter() - started
+        return timed_batches(self._predictor.backend.run, self.inputs, batch)
+
+
+def timed_batches(run: Callable[[np.ndarray], object], inputs: np.ndarray, batch: int) -> tuple[list[float], float]:
+    """Per-image latencies and the wall time of running ``inputs`` through ``run``, ``batch`` at a time."""
+    latencies, started = [], time.perf_counter()
+    for start in range(0, len(inputs) - batch + 1, batch):
+        t = time.perf_counter()
+        run(inputs[start: start + batch])
+        latencies += [(time.perf_counter() - t) / batch] * batch
+    return latencies, time.perf_counter() - started
 
 
 def raw_runtime(runtime: RawRuntime, batch_sizes: list[int], repeats: int) -> list[Row]:
@@ -88,7 +97,6 @@ def raw_runtime(runtime: RawRuntime, batch_sizes: list[int], repeats: int) -> li
     rows = [_median_row(f"raw onnxruntime, batch {batch}", rounds[batch]) for batch in batch_sizes]
     for row, batch in zip(rows, batch_sizes):
         row.client_cpu_cores = float(np.median(cpu[batch]))
-        row.count_cpu()
     return rows
 
 
@@ -99,13 +107,11 @@ def _median_row(name: str, rounds: list[tuple[list[float], float]], note: str = 
     return Row(name, len(rounds[0][0]), images_per_s, *np.percentile(ms, [50, 95, 99]).tolist(), note=note)
 
 
-def optimisation_levels(package: ModelPackage, images: list[np.ndarray]) -> tuple[list[Row], dict[str, float]]:
-    """Raw ONNX Runtime at batch 1 per graph-optimisation level, and the session start-up time with
-    and without a saved optimised model (what caching one would buy)."""
+def optimisation_levels(package: ModelPackage, inputs: np.ndarray) -> tuple[list[Row], dict[str, float]]:
+    """Raw ONNX Runtime at batch 1 per graph-optimisation level on normalised ``inputs``, and the
+    session start-up time with and without a saved optimised model (what caching one would buy)."""
     import onnxruntime as ort
 
-    predictor = Predictor(package.card, create_backend("onnx", package))
-    inputs = [predictor._input(im, package.card.output_stride)[None] for im in images]
     rows, startup = [], {}
     saved = package.folder / "bench-optimised.onnx"
     for level in ("ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"):
@@ -116,16 +122,11 @@ def optimisation_levels(package: ModelPackage, images: list[np.ndarray]) -> tupl
         started = time.perf_counter()
         session = ort.InferenceSession(str(package.onnx_path), options, providers=["CPUExecutionProvider"])
         startup[f"session start, {level}"] = time.perf_counter() - started
-        session.run(None, {"images": inputs[0]})
-        latencies, started, cpu = [], time.perf_counter(), _ClientCpu()
-        for batch in inputs:
-            t = time.perf_counter()
-            session.run(None, {"images": batch})
-            latencies.append(time.perf_counter() - t)
-        rows.append(_median_row(f"raw onnxruntime, batch 1, {level.removeprefix('ORT_').lower()}",
-                                [(latencies, time.perf_counter() - started)]))
+        session.run(None, {"images": inputs[:1]})
+        cpu = _ClientCpu()
+        timed = timed_batches(lambda batch: session.run(None, {"images": batch}), inputs, 1)
+        rows.append(_median_row(f"raw onnxruntime, batch 1, {level.removeprefix('ORT_').lower()}", [timed]))
         rows[-1].client_cpu_cores = cpu.cores()
-        rows[-1].count_cpu()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     started = time.perf_counter()
@@ -236,7 +237,6 @@ def interleaved(server: ServerProcess, specs: list[Spec], reference: Callable[[]
         row.ratio_to_limit = float(np.median(ratios[spec.name]))
         row.server_cpu_cores, row.server_peak_rss_mb = float(np.median(cpu[spec.name])), server.stats.peak_rss_mb()
         row.client_cpu_cores = float(np.median(client_cpu[spec.name]))
-        row.count_cpu()
         rows.append(row)
     return rows
 
@@ -275,7 +275,7 @@ def main() -> None:
     limit = max(r.images_per_s for r in rows)
     best_batch = int(max(rows, key=lambda r: r.images_per_s).name.rsplit(" ", 1)[1])
     reference = partial(runtime.run, best_batch)  # opens every comparison round below
-    level_rows, startup = optimisation_levels(package, images[:16])
+    level_rows, startup = optimisation_levels(package, runtime.inputs[:16])
     rows += level_rows
     for r in rows:
         r.ratio_to_limit = r.images_per_s / limit
@@ -330,7 +330,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
               "model": package.card.name, "images": len(paths), "repeats": args.repeats, "limit_images_per_s": limit,
-              "rows": [asdict(r) for r in rows], "startup_seconds": startup, "targets": verdicts}
+              "rows": [r.report() for r in rows], "startup_seconds": startup, "targets": verdicts}
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.out}")
 

@@ -30,7 +30,7 @@ def fast_exp(values: np.ndarray) -> np.ndarray:
     contiguous = np.ascontiguousarray(values, dtype=np.float32)
     if contiguous.size == 0:
         return contiguous.copy()
-    return cv2.exp(contiguous.reshape(-1, contiguous.shape[-1] if contiguous.ndim else 1)).reshape(contiguous.shape)
+    return cv2.exp(contiguous.reshape(-1, 1)).reshape(contiguous.shape)  # one column: any shape, same speed
 
 
 def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
@@ -102,7 +102,7 @@ def pixel_maps(logits: np.ndarray, temperature: float = 1.0, measure: str = DEFA
     else:  # margin: 1 - (p1 - p2) with p2 = exp(second-best s) / total; a tie for the top makes it 1
         runner_up = (shifted + (shifted == 0) * np.float32(-3e38)).max(axis=0)  # 4x faster than np.where
         runner_up[tied] = 0.0
-        uncertainty = np.clip(1.0 - (1.0 - np.exp(runner_up)) * confidence, 0.0, 1.0)
+        uncertainty = np.clip(1.0 - (1.0 - fast_exp(runner_up)) * confidence, 0.0, 1.0)
     return PixelMaps(mask, confidence, uncertainty.astype(np.float32, copy=False), probabilities)
 
 
