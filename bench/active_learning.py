@@ -226,7 +226,7 @@ def mean_curves(points: list[Point]) -> dict[str, list[tuple[int, float, list[fl
     return curves
 
 
-def labels_to_reach(curve: list[tuple[int, float, float]], target: float) -> float | None:
+def labels_to_reach(curve: list[tuple[int, float, list[float]]], target: float) -> float | None:
     """Labels at which the mean curve first reaches ``target`` (linear between measured points)."""
     for (n0, m0, _), (n1, m1, _) in zip(curve, curve[1:]):
         if m0 >= target:
