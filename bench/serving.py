@@ -1,21 +1,29 @@
 """Serving benchmark: prelabel over gRPC against raw ONNX Runtime, side by side in one run.
 
     .venv/bin/python bench/serving.py [--model-dir models/camvid] [--images 40] [--repeats 3] [--out bench/results/serving.json]
+                                      [--cuda auto|only|off]
 
 Prints a table (images/s, p50/p95/p99 latency, ratio to the raw-runtime limit, server CPU use and
 peak RSS) and writes it as JSON. The server runs in its own process, started here, so its CPU and
 memory are measured apart from the client's; on a 2-core machine the client still competes with it.
+
+Where torch sees a CUDA device, a second section measures the torch backend on it (fp32 and fp16
+autocast, in-process: the GPU's limit) and the server on it, each against that limit; ``--cuda only``
+runs that section alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,11 +40,15 @@ from procstats import ProcessStats  # noqa: E402
 
 from prelabel_client import PreLabelClient  # noqa: E402
 from prelabel_models import ModelPackage  # noqa: E402
-from prelabel_models.backends import create_backend  # noqa: E402
+from prelabel_models.backends import Backend, create_backend  # noqa: E402
 from prelabel_models.image_files import list_images, read_rgb  # noqa: E402
 from prelabel_models.predictor import Predictor  # noqa: E402
 
 CAMVID_VAL = ROOT.parent / "shared" / "data" / "camvid" / "val"
+CUDA_DEVICE = "cuda:0"
+CUDA_BATCH_SIZES = (1, 4, 8, 16, 32)
+CUDA_MAX_BATCH = 32  # the server's max_batch_size on the GPU (the card's 4 is sized for 2 CPU cores)
+CUDA_PASSES = 8  # each image sent this many times per GPU measurement
 
 
 @dataclass
@@ -74,6 +86,18 @@ class RawRuntime:
         return timed_batches(self._predictor.backend.run, self.inputs, batch)
 
 
+class RawTorch:
+    """The torch backend in-process on a CUDA device: the limit the GPU rows are measured against."""
+
+    def __init__(self, backend: Backend, inputs: np.ndarray) -> None:
+        self.backend, self.inputs = backend, inputs
+        for batch in CUDA_BATCH_SIZES:  # warm-up: kernels chosen and memory cached per shape
+            self.backend.run(inputs[:batch])
+
+    def run(self, batch: int) -> tuple[list[float], float]:
+        return timed_batches(self.backend.run, self.inputs, batch)
+
+
 def timed_batches(run: Callable[[np.ndarray], object], inputs: np.ndarray, batch: int) -> tuple[list[float], float]:
     """Per-image latencies and the wall time of running ``inputs`` through ``run``, ``batch`` at a time."""
     latencies, started = [], time.perf_counter()
@@ -84,7 +108,8 @@ def timed_batches(run: Callable[[np.ndarray], object], inputs: np.ndarray, batch
     return latencies, time.perf_counter() - started
 
 
-def raw_runtime(runtime: RawRuntime, batch_sizes: list[int], repeats: int) -> list[Row]:
+def raw_runtime(runtime: RawRuntime | RawTorch, batch_sizes: list[int], repeats: int,
+                label: str = "raw onnxruntime") -> list[Row]:
     """The limit's candidates: the batch sizes take turns, ``repeats`` rounds, and each keeps its
     median round."""
     rounds = {batch: [] for batch in batch_sizes}
@@ -94,7 +119,9 @@ def raw_runtime(runtime: RawRuntime, batch_sizes: list[int], repeats: int) -> li
             client = _ClientCpu()
             rounds[batch].append(runtime.run(batch))
             cpu[batch].append(client.cores())
-    rows = [_median_row(f"raw onnxruntime, batch {batch}", rounds[batch]) for batch in batch_sizes]
+            print(f"  {label}, batch {batch}: {len(rounds[batch][-1][0]) / rounds[batch][-1][1]:.2f} img/s",
+                  file=sys.stderr, flush=True)
+    rows = [_median_row(f"{label}, batch {batch}", rounds[batch]) for batch in batch_sizes]
     for row, batch in zip(rows, batch_sizes):
         row.client_cpu_cores = float(np.median(cpu[batch]))
     return rows
@@ -151,15 +178,17 @@ class ServerProcess:
         environment = {**os.environ, "PRELABEL_PORT": str(self.port), "PRELABEL_BACKEND": "onnx",
                        "PRELABEL_MODEL_REPOSITORY": str(model_repository), **env}
         self.processes = []
+        self._log = tempfile.TemporaryFile("w+")  # the servers' log, shown if one fails to start
         for _ in range(processes):
             process = subprocess.Popen([sys.executable, "-m", "prelabel_client.cli", "serve"], env=environment,
-                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                       stdout=subprocess.PIPE, stderr=self._log, text=True)
             self.processes.append(process)
             for line in process.stdout:  # printed once the models are loaded and the port is bound
                 if "serving on" in line:
                     break
             else:
-                raise RuntimeError("prelabel serve exited before serving")
+                self._log.seek(0)
+                raise RuntimeError(f"prelabel serve exited before serving:\n{self._log.read()[-3000:]}")
         self.address = f"127.0.0.1:{self.port}"
         self.stats = ProcessStats([p.pid for p in self.processes])
 
@@ -170,7 +199,15 @@ class ServerProcess:
         for process in self.processes:
             process.terminate()
         for process in self.processes:
-            process.wait(30)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                self._log.seek(0)
+                print(f"prelabel serve ignored SIGTERM for 30 s; killed. Its log ends:\n{self._log.read()[-3000:]}",
+                      file=sys.stderr)
+                process.kill()
+                process.wait()
+        self._log.close()
 
 
 def unary(address: str, payloads: list[bytes], concurrency: int, connections: int = 1,
@@ -228,6 +265,8 @@ def interleaved(server: ServerProcess, specs: list[Spec], reference: Callable[[]
             server.stats.start()
             client = _ClientCpu()
             rounds[spec.name].append(spec.run())
+            print(f"  {spec.name}: {len(rounds[spec.name][-1][0]) / rounds[spec.name][-1][1]:.2f} img/s",
+                  file=sys.stderr, flush=True)
             cpu[spec.name].append(server.stats.cpu_cores())
             client_cpu[spec.name].append(client.cores())
             ratios[spec.name].append(len(rounds[spec.name][-1][0]) / rounds[spec.name][-1][1] / limit)
@@ -263,13 +302,61 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds per measurement; rows keep the median")
     parser.add_argument("--data", type=Path, default=CAMVID_VAL)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.json")
+    parser.add_argument("--cuda", choices=("auto", "only", "off"), default="auto",
+                        help="the CUDA section: after the CPU one where a GPU is visible (auto), alone, or never")
     args = parser.parse_args()
 
     package = ModelPackage.open(args.model_dir)
     paths = list_images(args.data)[: args.images]
     payloads = [p.read_bytes() for p in paths]
     images = [read_rgb(p) for p in paths]
-    repeats = args.repeats
+    report = {"machine": machine(), "model": package.card.name, "images": len(paths), "repeats": args.repeats}
+    rows, verdicts = [], []
+    if args.cuda != "only":
+        cpu_rows, startup, limit = cpu_section(package, args.model_dir.resolve().parent, images, payloads, args.repeats)
+        rows += cpu_rows
+        verdicts += check_targets({r.name: r for r in cpu_rows})
+        report |= {"limit_images_per_s": limit, "startup_seconds": startup}
+    if args.cuda == "only" or (args.cuda == "auto" and cuda_visible()):
+        cuda_rows, cuda_limit, notes = cuda_section(package, images, payloads, args.repeats)
+        rows += cuda_rows
+        verdicts += check_cuda_targets({r.name: r for r in cuda_rows})
+        report |= {"cuda_limit_images_per_s": cuda_limit, "cuda_notes": notes}
+
+    print_table(rows)
+    print()
+    for verdict in verdicts:
+        print(f"{'met' if verdict['met'] else 'NOT met':>8}  {verdict['target']}: {verdict['measured']}")
+    for name, value in {**report.get("startup_seconds", {}), **report.get("cuda_notes", {})}.items():
+        print(f"{name:<42} {value:7.2f} s" if isinstance(value, float) else f"{name}: {value}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report |= {"rows": [r.report() for r in rows], "targets": verdicts}
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
+    if cuda_visible():
+        import torch
+
+        info |= {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda}
+    return info
+
+
+def cuda_visible() -> bool:
+    """Whether torch is installed and sees a CUDA device (the server may be an ONNX-only install)."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cpu_section(package: ModelPackage, repository: Path, images: list[np.ndarray], payloads: list[bytes],
+                repeats: int) -> tuple[list[Row], dict[str, float], float]:
+    """Issue #4's measurements on ONNX Runtime on the CPU; returns the rows, the session start-up
+    times and the limit (raw ONNX Runtime at its best batch size)."""
     runtime = RawRuntime(package, images)
     rows = raw_runtime(runtime, [1, 2, 4], repeats)
     limit = max(r.images_per_s for r in rows)
@@ -279,7 +366,6 @@ def main() -> None:
     rows += level_rows
     for r in rows:
         r.ratio_to_limit = r.images_per_s / limit
-    repository = args.model_dir.resolve().parent
 
     with ServerProcess(repository) as server:
         address = server.address
@@ -319,20 +405,58 @@ def main() -> None:
         photo = large_photo(images[0])
         rows += interleaved(server, [Spec("4000x3000 photo (tiled), Predict", lambda: unary(server.address, [photo] * 3, 1),
                                           "latency per photo")], reference, 1)
+    return rows, startup, limit
 
-    print_table(rows)
-    verdicts = check_targets({r.name: r for r in rows})
-    print()
-    for verdict in verdicts:
-        print(f"{'met' if verdict['met'] else 'NOT met':>8}  {verdict['target']}: {verdict['measured']}")
-    for name, seconds in startup.items():
-        print(f"{name:<42} {seconds:7.2f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
-              "model": package.card.name, "images": len(paths), "repeats": args.repeats, "limit_images_per_s": limit,
-              "rows": [r.report() for r in rows], "startup_seconds": startup, "targets": verdicts}
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.out}")
+
+def cuda_section(package: ModelPackage, images: list[np.ndarray], payloads: list[bytes],
+                 repeats: int) -> tuple[list[Row], float, dict[str, str]]:
+    """The torch backend on the GPU: in-process fp32 and fp16 (the limit: fp16 at its best batch
+    size), then the server on the GPU with fp16, batching on and off. The GPU is fast enough that
+    the images are cycled to ``CUDA_PASSES`` times as many requests, so each measurement lasts."""
+    import onnxruntime as ort
+
+    backends = {fp16: create_backend("torch", package, device=CUDA_DEVICE, fp16=fp16) for fp16 in (False, True)}
+    predictor = Predictor(package.card, backends[False])
+    inputs = np.stack([predictor._input(im, package.card.output_stride) for im in images] * CUDA_PASSES)
+    payloads = payloads * CUDA_PASSES
+    rows, runtimes = [], {}
+    for fp16 in (False, True):
+        runtimes[fp16] = RawTorch(backends[fp16], inputs)
+        rows += raw_runtime(runtimes[fp16], list(CUDA_BATCH_SIZES), repeats, f"cuda: raw torch {'fp16' if fp16 else 'fp32'}")
+    fastest = max((r for r in rows if "fp16" in r.name), key=lambda r: r.images_per_s)
+    limit = fastest.images_per_s
+    for r in rows:
+        r.ratio_to_limit = r.images_per_s / limit
+    reference = partial(runtimes[True].run, int(fastest.name.rsplit(" ", 1)[1]))
+    notes = {"onnxruntime CUDA": ("available, not measured yet" if "CUDAExecutionProvider" in ort.get_available_providers()
+                                  else f"not measured: onnxruntime {ort.__version__} here has no CUDA provider, and the "
+                                       "package registries hold no onnxruntime-gpu")}
+    with tempfile.TemporaryDirectory() as scratch:
+        repository = Path(scratch)
+        copy_with_card(package, repository / package.card.name, max_batch_size=CUDA_MAX_BATCH)
+        env = {"PRELABEL_BACKEND": "torch", "PRELABEL_DEVICE": CUDA_DEVICE, "PRELABEL_FP16": "true",
+               "PRELABEL_WORKERS": "64", "PRELABEL_STREAM_WORKERS": "16", "PRELABEL_MAX_IN_FLIGHT_PER_STREAM": "64"}
+        with ServerProcess(repository, **env) as server:
+            address = server.address
+            rows += interleaved(server, [
+                *(Spec(f"cuda: prelabel Predict, concurrency {c}", lambda c=c: unary(address, payloads, c, connections=4))
+                  for c in (1, 4, 16, 64)),
+                Spec("cuda: prelabel PredictStream, window 64", lambda: stream(address, payloads, 64)),
+            ], reference, repeats)
+        with ServerProcess(repository, PRELABEL_BATCHING="false", **env) as server:
+            rows += interleaved(server, [Spec(f"cuda: batching off, Predict concurrency {c}",
+                                              lambda c=c: unary(server.address, payloads, c, connections=4),
+                                              "one request at a time per thread") for c in (16, 64)], reference, repeats)
+    return rows, limit, notes
+
+
+def copy_with_card(package: ModelPackage, folder: Path, **card_fields: object) -> None:
+    """The package's files under a card with ``card_fields`` changed (e.g. a GPU-sized batch)."""
+    folder.mkdir(parents=True)
+    for path in package.folder.iterdir():
+        if path.is_file() and path.name != "card.json":
+            shutil.copyfile(path, folder / path.name)
+    package.card.model_copy(update=card_fields).save(folder)
 
 
 def check_targets(rows: dict[str, Row]) -> list[dict]:
@@ -359,6 +483,24 @@ def check_targets(rows: dict[str, Row]) -> list[dict]:
          "measured": f"{batching_on.images_per_s:.2f} vs {batching_off.images_per_s:.2f} img/s",
          "met": batching_on.images_per_s > batching_off.images_per_s},
     ]
+
+
+def check_cuda_targets(rows: dict[str, Row]) -> list[dict]:
+    """The same throughput targets against the GPU's limit, and what batching buys there."""
+    c16, stream = rows["cuda: prelabel Predict, concurrency 16"], rows["cuda: prelabel PredictStream, window 64"]
+    verdicts = [
+        {"target": "cuda: PredictStream >= 95 % of the GPU limit", "measured": f"{stream.ratio_to_limit:.1%}",
+         "met": stream.ratio_to_limit >= 0.95},
+        {"target": "cuda: unary at concurrency 16 >= 90 % of the GPU limit", "measured": f"{c16.ratio_to_limit:.1%}",
+         "met": c16.ratio_to_limit >= 0.90},
+    ]
+    for c in (16, 64):
+        on, off = rows[f"cuda: prelabel Predict, concurrency {c}"], rows[f"cuda: batching off, Predict concurrency {c}"]
+        verdicts.append({"target": f"cuda: batching on beats batching off at concurrency {c}",
+                         "measured": f"{on.images_per_s:.1f} vs {off.images_per_s:.1f} img/s "
+                                     f"({on.images_per_s / off.images_per_s:.2f}x)",
+                         "met": on.images_per_s > off.images_per_s})
+    return verdicts
 
 
 def print_table(rows: list[Row]) -> None:

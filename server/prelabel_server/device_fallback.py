@@ -72,17 +72,23 @@ class DeviceFallback:
 
     def _call(self, method: str, batch: np.ndarray,
               arguments: Callable[[np.ndarray], tuple[np.ndarray, ...]] = lambda batch: (batch,)):
+        failure = ""
         try:
             result = getattr(self.primary, method)(*arguments(batch))
         except Exception as exc:
             if not is_device_failure(exc):
                 raise
-            release = getattr(self.primary, "release_cached_memory", None)
-            if release is not None:
-                release()
-            return self._after_failure(method, batch, arguments, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-        self._recovered()
-        return result
+            failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        if not failure:
+            self._recovered()
+            return result
+        # Retried only here, after the except block: until it ends, the error's traceback keeps the
+        # failed forward pass's frames, and the device memory their tensors hold, alive (a real
+        # H100 then had no room even for one image; tests/server/test_cuda.py).
+        release = getattr(self.primary, "release_cached_memory", None)
+        if release is not None:
+            release()
+        return self._after_failure(method, batch, arguments, failure)
 
     def _after_failure(self, method: str, batch: np.ndarray, arguments: Callable, failure: str):
         """Two halves on the accelerator again; a single image that failed goes to the CPU."""

@@ -109,5 +109,9 @@ def serve(settings: ServerSettings) -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    # Python runs signal handlers on the main thread, but the kernel may deliver the signal to any
+    # of the server's threads; a main thread blocked in one endless wait then never runs the
+    # handler (seen with CUDA's threads on an H100: SIGTERM ignored). Waking each second lets it.
+    while not stop.wait(timeout=1.0):
+        pass
     running.stop()
