@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -49,6 +49,7 @@ CUDA_DEVICE = "cuda:0"
 CUDA_BATCH_SIZES = (1, 4, 8, 16, 32)
 CUDA_MAX_BATCH = 32  # the server's max_batch_size on the GPU (the card's 4 is sized for 2 CPU cores)
 CUDA_PASSES = 8  # each image sent this many times per GPU measurement
+CUDA_PROCESSES = (1, 4)  # server processes compared on the GPU
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Row:
     server_peak_rss_mb: float = 0.0
     client_cpu_cores: float = 0.0  # this process: the Python client (or, for raw rows, the runtime)
     note: str = ""
+    stages_ms: dict[str, float] = field(default_factory=dict)  # served rows: medians of each stage
 
     @property
     def cpu_ms_per_image(self) -> float:
@@ -74,6 +76,20 @@ class Row:
         return {**asdict(self), "cpu_ms_per_image": self.cpu_ms_per_image}
 
 
+@dataclass
+class Measurement:
+    """One timed run: per-image latencies (s), its wall time (s) and, for served requests, each
+    response's stage timings (ms): the server's own, and the time spent outside it."""
+
+    latencies: list[float]
+    wall: float
+    stages: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return len(self.latencies) / self.wall
+
+
 class RawRuntime:
     """ONNX Runtime in-process on pre-normalised inputs: no gRPC, no decoding, no post-processing."""
 
@@ -82,7 +98,7 @@ class RawRuntime:
         self.inputs = np.stack([self._predictor._input(im, package.card.output_stride) for im in images])
         self._predictor.backend.run(self.inputs[:1])  # warm-up
 
-    def run(self, batch: int) -> tuple[list[float], float]:
+    def run(self, batch: int) -> Measurement:
         return timed_batches(self._predictor.backend.run, self.inputs, batch)
 
 
@@ -94,18 +110,18 @@ class RawTorch:
         for batch in CUDA_BATCH_SIZES:  # warm-up: kernels chosen and memory cached per shape
             self.backend.run(inputs[:batch])
 
-    def run(self, batch: int) -> tuple[list[float], float]:
+    def run(self, batch: int) -> Measurement:
         return timed_batches(self.backend.run, self.inputs, batch)
 
 
-def timed_batches(run: Callable[[np.ndarray], object], inputs: np.ndarray, batch: int) -> tuple[list[float], float]:
+def timed_batches(run: Callable[[np.ndarray], object], inputs: np.ndarray, batch: int) -> Measurement:
     """Per-image latencies and the wall time of running ``inputs`` through ``run``, ``batch`` at a time."""
     latencies, started = [], time.perf_counter()
     for start in range(0, len(inputs) - batch + 1, batch):
         t = time.perf_counter()
         run(inputs[start: start + batch])
         latencies += [(time.perf_counter() - t) / batch] * batch
-    return latencies, time.perf_counter() - started
+    return Measurement(latencies, time.perf_counter() - started)
 
 
 def raw_runtime(runtime: RawRuntime | RawTorch, batch_sizes: list[int], repeats: int,
@@ -119,19 +135,22 @@ def raw_runtime(runtime: RawRuntime | RawTorch, batch_sizes: list[int], repeats:
             client = _ClientCpu()
             rounds[batch].append(runtime.run(batch))
             cpu[batch].append(client.cores())
-            print(f"  {label}, batch {batch}: {len(rounds[batch][-1][0]) / rounds[batch][-1][1]:.2f} img/s",
-                  file=sys.stderr, flush=True)
+            print(f"  {label}, batch {batch}: {rounds[batch][-1].images_per_s:.2f} img/s", file=sys.stderr, flush=True)
     rows = [_median_row(f"{label}, batch {batch}", rounds[batch]) for batch in batch_sizes]
     for row, batch in zip(rows, batch_sizes):
         row.client_cpu_cores = float(np.median(cpu[batch]))
     return rows
 
 
-def _median_row(name: str, rounds: list[tuple[list[float], float]], note: str = "") -> Row:
-    """Throughput of the median round; latency percentiles over every round's requests."""
-    ms = np.asarray([latency for latencies, _ in rounds for latency in latencies]) * 1000
-    images_per_s = float(np.median([len(latencies) / wall for latencies, wall in rounds]))
-    return Row(name, len(rounds[0][0]), images_per_s, *np.percentile(ms, [50, 95, 99]).tolist(), note=note)
+def _median_row(name: str, rounds: list[Measurement], note: str = "") -> Row:
+    """Throughput of the median round; latency percentiles and stage medians over every round's
+    requests."""
+    ms = np.asarray([latency for measured in rounds for latency in measured.latencies]) * 1000
+    images_per_s = float(np.median([measured.images_per_s for measured in rounds]))
+    stages = [stage for measured in rounds for stage in measured.stages]
+    stage_medians = {key: float(np.median([stage[key] for stage in stages])) for key in (stages[0] if stages else {})}
+    return Row(name, len(rounds[0].latencies), images_per_s, *np.percentile(ms, [50, 95, 99]).tolist(), note=note,
+               stages_ms=stage_medians)
 
 
 def optimisation_levels(package: ModelPackage, inputs: np.ndarray) -> tuple[list[Row], dict[str, float]]:
@@ -211,7 +230,7 @@ class ServerProcess:
 
 
 def unary(address: str, payloads: list[bytes], concurrency: int, connections: int = 1,
-          **options: object) -> tuple[list[float], float]:
+          **options: object) -> Measurement:
     """``concurrency`` callers over ``connections`` separate connections (several are needed to
     reach more than one server process behind SO_REUSEPORT)."""
     clients = [PreLabelClient(address, timeout=300, channel_options=[("grpc.use_local_subchannel_pool", 1)])
@@ -220,35 +239,38 @@ def unary(address: str, payloads: list[bytes], concurrency: int, connections: in
         for client in clients:
             client.predict(payloads[0], **options)  # warm-up
 
-        def one(indexed: tuple[int, bytes]) -> float:
+        def one(indexed: tuple[int, bytes]) -> tuple[float, dict[str, float]]:
             t = time.perf_counter()
-            clients[indexed[0] % connections].predict(indexed[1], **options)
-            return time.perf_counter() - t
+            prediction = clients[indexed[0] % connections].predict(indexed[1], **options)
+            latency = time.perf_counter() - t
+            return latency, {**prediction.timings_ms, "outside server": latency * 1000 - prediction.timings_ms["total"]}
 
         started = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
-            latencies = list(pool.map(one, enumerate(payloads)))
-        return latencies, time.perf_counter() - started
+            answered = list(pool.map(one, enumerate(payloads)))
+        return Measurement([latency for latency, _ in answered], time.perf_counter() - started,
+                           [stages for _, stages in answered])
     finally:
         for client in clients:
             client.close()
 
 
-def stream(address: str, payloads: list[bytes], window: int) -> tuple[list[float], float]:
+def stream(address: str, payloads: list[bytes], window: int) -> Measurement:
+    """Latencies are the server's own (``total``): a streamed item's round trip is not observable."""
     with PreLabelClient(address, timeout=300) as client:
         started = time.perf_counter()
-        latencies = [p.timings_ms["total"] / 1000 for p in client.predict_many(payloads, window=window)]
-        return latencies, time.perf_counter() - started
+        stages = [p.timings_ms for p in client.predict_many(payloads, window=window)]
+        return Measurement([stage["total"] / 1000 for stage in stages], time.perf_counter() - started, stages)
 
 
 @dataclass
 class Spec:
     name: str
-    run: Callable[[], tuple[list[float], float]]
+    run: Callable[[], Measurement]
     note: str = ""
 
 
-def interleaved(server: ServerProcess, specs: list[Spec], reference: Callable[[], tuple[list[float], float]],
+def interleaved(server: ServerProcess, specs: list[Spec], reference: Callable[[], Measurement],
                 repeats: int) -> list[Row]:
     """Each spec once per round, ``repeats`` rounds, each round opened by ``reference`` (raw ONNX
     Runtime at its best batch size): drift on a shared machine hits every spec of a comparison
@@ -259,17 +281,15 @@ def interleaved(server: ServerProcess, specs: list[Spec], reference: Callable[[]
     cpu: dict[str, list[float]] = {spec.name: [] for spec in specs}
     client_cpu: dict[str, list[float]] = {spec.name: [] for spec in specs}
     for _ in range(repeats):
-        latencies, wall = reference()
-        limit = len(latencies) / wall
+        limit = reference().images_per_s
         for spec in specs:
             server.stats.start()
             client = _ClientCpu()
             rounds[spec.name].append(spec.run())
-            print(f"  {spec.name}: {len(rounds[spec.name][-1][0]) / rounds[spec.name][-1][1]:.2f} img/s",
-                  file=sys.stderr, flush=True)
+            print(f"  {spec.name}: {rounds[spec.name][-1].images_per_s:.2f} img/s", file=sys.stderr, flush=True)
             cpu[spec.name].append(server.stats.cpu_cores())
             client_cpu[spec.name].append(client.cores())
-            ratios[spec.name].append(len(rounds[spec.name][-1][0]) / rounds[spec.name][-1][1] / limit)
+            ratios[spec.name].append(rounds[spec.name][-1].images_per_s / limit)
     rows = []
     for spec in specs:
         row = _median_row(spec.name, rounds[spec.name], spec.note)
@@ -324,6 +344,8 @@ def main() -> None:
         report |= {"cuda_limit_images_per_s": cuda_limit, "cuda_notes": notes}
 
     print_table(rows)
+    print()
+    print_stages(rows)
     print()
     for verdict in verdicts:
         print(f"{'met' if verdict['met'] else 'NOT met':>8}  {verdict['target']}: {verdict['measured']}")
@@ -447,7 +469,22 @@ def cuda_section(package: ModelPackage, images: list[np.ndarray], payloads: list
             rows += interleaved(server, [Spec(f"cuda: batching off, Predict concurrency {c}",
                                               lambda c=c: unary(server.address, payloads, c, connections=4),
                                               "one request at a time per thread") for c in (16, 64)], reference, repeats)
+        rows += cuda_processes(repository, payloads, reference, repeats, env)
     return rows, limit, notes
+
+
+def cuda_processes(repository: Path, payloads: list[bytes], reference: Callable[[], Measurement],
+                   repeats: int, env: dict[str, str]) -> list[Row]:
+    """One server process against several on one port (SO_REUSEPORT), each with its own model on
+    the GPU: the host work per image holds Python's GIL for much of its time, so one process keeps
+    only a few of the cores busy."""
+    rows = []
+    for processes in CUDA_PROCESSES:
+        with ServerProcess(repository, processes=processes, **env) as server:
+            rows += interleaved(server, [Spec(f"cuda: {processes} process{'es' if processes > 1 else ''}, conc. 64, 8 conns",
+                                              lambda: unary(server.address, payloads, 64, connections=8),
+                                              "SO_REUSEPORT; each process its own model")], reference, repeats)
+    return rows
 
 
 def copy_with_card(package: ModelPackage, folder: Path, **card_fields: object) -> None:
@@ -511,6 +548,22 @@ def print_table(rows: list[Row]) -> None:
     for r in rows:
         print(f"{r.name:<42} {r.images_per_s:7.2f} {r.p50_ms:8.1f} {r.p95_ms:8.1f} {r.p99_ms:8.1f} "
               f"{r.ratio_to_limit:7.1%} {r.server_cpu_cores:8.2f} {r.server_peak_rss_mb:10.0f} {r.client_cpu_cores:8.2f} {r.cpu_ms_per_image:10.0f}")
+
+
+STAGES = ("decode", "queue", "inference", "postprocess", "total", "outside server")
+
+
+def print_stages(rows: list[Row]) -> None:
+    """Where a served request's time goes, from the timings each response carries: the server's
+    stages (queue is part of inference), its total, and the rest of the round trip (gRPC, the
+    network and the client; unary calls only)."""
+    served = [r for r in rows if r.stages_ms]
+    header = f"{'median ms per request':<42}" + "".join(f"{stage:>15}" for stage in STAGES)
+    print(header)
+    print("-" * len(header))
+    for r in served:
+        print(f"{r.name:<42}" + "".join(f"{r.stages_ms[stage]:15.1f}" if stage in r.stages_ms else f"{'':>15}"
+                                        for stage in STAGES))
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def prediction_from_response(response: pb.PredictResponse) -> Prediction:
         review_regions=[ReviewRegion((r.x, r.y, r.width, r.height), list(zip(r.polygon[::2], r.polygon[1::2])),
                                      r.area, r.mean_uncertainty, r.expected_errors, list(r.class_ids))
                         for r in response.review_regions],
-        timings_ms={"decode": timings.decode_ms, "inference": timings.inference_ms,
+        timings_ms={"decode": timings.decode_ms, "queue": timings.queue_ms, "inference": timings.inference_ms,
                     "postprocess": timings.postprocess_ms, "total": timings.total_ms},
     )
 
