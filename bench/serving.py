@@ -433,8 +433,9 @@ def cpu_section(package: ModelPackage, repository: Path, images: list[np.ndarray
 def cuda_section(package: ModelPackage, images: list[np.ndarray], payloads: list[bytes],
                  repeats: int) -> tuple[list[Row], float, dict[str, str]]:
     """The torch backend on the GPU: in-process fp32 and fp16 (the limit: fp16 at its best batch
-    size), then the server on the GPU with fp16, batching on and off. The GPU is fast enough that
-    the images are cycled to ``CUDA_PASSES`` times as many requests, so each measurement lasts."""
+    size), then the server on the GPU with fp16: batching on and off, one process and several.
+    The GPU is fast enough that the images are cycled to ``CUDA_PASSES`` times as many requests,
+    so each measurement lasts."""
     import onnxruntime as ort
 
     backends = {fp16: create_backend("torch", package, device=CUDA_DEVICE, fp16=fp16) for fp16 in (False, True)}
@@ -476,8 +477,8 @@ def cuda_section(package: ModelPackage, images: list[np.ndarray], payloads: list
 def cuda_processes(repository: Path, payloads: list[bytes], reference: Callable[[], Measurement],
                    repeats: int, env: dict[str, str]) -> list[Row]:
     """One server process against several on one port (SO_REUSEPORT), each with its own model on
-    the GPU: the host work per image holds Python's GIL for much of its time, so one process keeps
-    only a few of the cores busy."""
+    the GPU. One process keeps only a few of the cores busy; if one process's GIL were the limit,
+    several would serve more (on an H100 four did not: docs/benchmarks.md)."""
     rows = []
     for processes in CUDA_PROCESSES:
         with ServerProcess(repository, processes=processes, **env) as server:
