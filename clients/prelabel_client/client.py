@@ -37,6 +37,20 @@ _FORMAT_ENUMS = {"png_uint8": pb.ARRAY_FORMAT_PNG_UINT8, "png_uint16": pb.ARRAY_
                  "raw_uint8": pb.ARRAY_FORMAT_RAW_UINT8, "raw_float16": pb.ARRAY_FORMAT_RAW_FLOAT16}
 
 
+# What gRPC's server answers, by itself, to a call over its concurrent-call limit.
+_GRPC_CALL_LIMIT = "Concurrent RPC limit exceeded!"
+
+
+def _error_from(exc: grpc.RpcError) -> PrelabelError:
+    """The PrelabelError for a failed call. gRPC's own refusal at the server's call limit says
+    nothing of what to do, so it gets the setting and the remedy added."""
+    details = exc.details() or ""
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and details == _GRPC_CALL_LIMIT:
+        details = (f"{details} The server already holds as many calls as it admits (its setting "
+                   "PRELABEL_MAX_CONCURRENT_RPCS): retry later, or send fewer calls at once")
+    return error_for_code(exc.code(), details)
+
+
 def _retry_service_config(attempts: int) -> str:
     """gRPC's own retry policy: only UNAVAILABLE is retried, with exponential back-off."""
     policy = {"maxAttempts": attempts, "initialBackoff": "0.2s", "maxBackoff": "5s", "backoffMultiplier": 2,
@@ -199,7 +213,7 @@ class PreLabelClient:
                 yield from ready_in_order()
             yield from ready_in_order()
         except grpc.RpcError as exc:
-            raise error_for_code(exc.code(), exc.details() or "") from exc
+            raise _error_from(exc) from exc
         finally:
             finished.set()
             call.cancel()
@@ -228,4 +242,4 @@ class PreLabelClient:
         try:
             return method(message, timeout=timeout or self._timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
-            raise error_for_code(exc.code(), exc.details() or "") from exc
+            raise _error_from(exc) from exc

@@ -39,6 +39,9 @@ class ServerSettings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest image, height x width (also the decompression-bomb guard).")
     batching: bool = Field(default=True, description="Dynamic batching per model; off runs each request on its own thread at once.")
     max_queue_size: int = Field(default=64, ge=1, description="Requests queued per model before new ones get RESOURCE_EXHAUSTED.")
+    max_concurrent_rpcs: int = Field(default=0, ge=0, description=(
+        "Calls in progress or waiting for an RPC thread (a stream counts as one); more are refused at "
+        "once with RESOURCE_EXHAUSTED. 0: workers + max_queue_size."))
     max_image_side: int = Field(default=20_000, ge=16, description="Longest image side accepted, in pixels.")
     tile_batch: int = Field(default=4, ge=1, description="Tiles of a large image run through the network together.")
     auth_token: str = Field(default="", description="If set, every call must send 'authorization: Bearer <token>'.")
@@ -49,3 +52,10 @@ class ServerSettings(BaseSettings):
         "Poll the model repository this often and reload packages whose files changed (and load new "
         "ones) once they have stayed the same for one more poll; 0 = off (ReloadModel only)."))
     grace_seconds: float = Field(default=5.0, ge=0, description="On shutdown, time given to calls in flight.")
+
+    @property
+    def admitted_rpcs(self) -> int:
+        """The bound on calls the server holds at once. Without one, calls beyond the RPC threads
+        wait in gRPC's own queue, which has no limit: a flood of requests would grow memory and
+        latency without end, and the model's bounded queue would never refuse one."""
+        return self.max_concurrent_rpcs or self.workers + self.max_queue_size

@@ -101,6 +101,29 @@ def test_a_full_queue_refuses_at_once_with_resource_exhausted(batch_repository, 
         running.stop(grace=0)
 
 
+def test_calls_beyond_what_the_server_admits_are_refused_at_once(batch_repository, val_images):
+    """With 1 RPC thread and a model queue of 1 the server admits 2 calls at once; the other 6 of 8
+    concurrent calls are refused, not left waiting in gRPC's own queue, which has no bound."""
+    assert ServerSettings(workers=4, max_queue_size=10).admitted_rpcs == 14
+    assert ServerSettings(workers=4, max_concurrent_rpcs=3).admitted_rpcs == 3
+    running = _serve(batch_repository, workers=1, max_queue_size=1)
+    try:
+        with PreLabelClient(running.address, timeout=120) as client:
+            def call(i: int):
+                try:
+                    return client.predict(val_images[i])
+                except ResourceExhausted as exc:
+                    return exc
+            outcomes = _concurrently(8, call)
+            refused = [o for o in outcomes if isinstance(o, ResourceExhausted)]
+            assert 1 <= len(refused) <= 6, f"{len(refused)} of 8 refused with 2 admitted"
+            assert "PRELABEL_MAX_CONCURRENT_RPCS" in refused[0].message and "retry later" in refused[0].message
+            assert all(o.mask.shape == (360, 480) for o in outcomes if not isinstance(o, ResourceExhausted))
+            assert client.predict(val_images[0]).mask.shape == (360, 480)  # still serving
+    finally:
+        running.stop(grace=0)
+
+
 def _dropped(model: str) -> float:
     return REGISTRY.get_sample_value("prelabel_dropped_total", {"model": model}) or 0.0
 

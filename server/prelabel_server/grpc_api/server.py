@@ -79,7 +79,7 @@ def start_server(settings: ServerSettings) -> RunningServer:
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
               ("grpc.max_send_message_length", settings.max_message_bytes)]
     server = grpc.server(ThreadPoolExecutor(settings.workers, thread_name_prefix="rpc"),
-                         interceptors=interceptors, options=limits)
+                         interceptors=interceptors, options=limits, maximum_concurrent_rpcs=settings.admitted_rpcs)
     stream_executor = ThreadPoolExecutor(settings.stream_workers, thread_name_prefix="stream-item")
     health_servicer = health.HealthServicer()
     pb_grpc.add_PrelabelServiceServicer_to_server(
