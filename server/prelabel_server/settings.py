@@ -34,6 +34,10 @@ class ServerSettings(BaseSettings):
         "On (the runtime's default); off measured within noise of on, on 2 cores (docs/benchmarks.md)."))
     workers: int = Field(default=8, ge=1, description="Threads serving RPCs.")
     stream_workers: int = Field(default=4, ge=1, description="Threads processing streamed items (shared by all streams).")
+    max_open_streams: int = Field(default=0, ge=0, description=(
+        "Streams (PredictStream, Score) open at once; more are refused with RESOURCE_EXHAUSTED. A stream "
+        "holds an RPC thread while it is open, so the cap keeps threads free for single calls. "
+        "0: half the RPC threads, at least 1."))
     max_in_flight_per_stream: int = Field(default=8, ge=1, description="Requests read ahead of sent responses, per stream.")
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request or response message.")
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest image, height x width (also the decompression-bomb guard).")
@@ -59,3 +63,9 @@ class ServerSettings(BaseSettings):
         wait in gRPC's own queue, which has no limit: a flood of requests would grow memory and
         latency without end, and the model's bounded queue would never refuse one."""
         return self.max_concurrent_rpcs or self.workers + self.max_queue_size
+
+    @property
+    def open_streams_limit(self) -> int:
+        """Streams admitted at once: a batch job's streams never take every RPC thread from the
+        annotation tools' single calls and the health checks."""
+        return self.max_open_streams or max(1, self.workers // 2)

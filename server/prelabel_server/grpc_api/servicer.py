@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import Executor
 
 import grpc
@@ -31,6 +33,7 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
         self._engine = engine
         self._stream_executor = stream_executor
         self._max_in_flight = max_in_flight
+        self._open_streams = threading.BoundedSemaphore(engine.settings.open_streams_limit)
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
         response = converters.predict_response(
@@ -41,8 +44,9 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
     def PredictStream(self, request_iterator: Iterator[pb.PredictStreamRequest],
                       context: grpc.ServicerContext) -> Iterator[pb.PredictStreamResponse]:
         gone = caller_gone(context)
-        return process_stream(request_iterator, lambda item: self._stream_item(item, gone),
-                              self._stream_executor, self._max_in_flight)
+        with self._stream_slot():
+            yield from process_stream(request_iterator, lambda item: self._stream_item(item, gone),
+                                      self._stream_executor, self._max_in_flight)
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[converters.model_info(s) for s in self._engine.models()],
@@ -58,8 +62,22 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
     def Score(self, request_iterator: Iterator[pb.ScoreRequest],
               context: grpc.ServicerContext) -> Iterator[pb.ScoreResponse]:
         gone = caller_gone(context)
-        return process_stream(request_iterator, lambda item: self._score_item(item, gone),
-                              self._stream_executor, self._max_in_flight)
+        with self._stream_slot():
+            yield from process_stream(request_iterator, lambda item: self._score_item(item, gone),
+                                      self._stream_executor, self._max_in_flight)
+
+    @contextmanager
+    def _stream_slot(self) -> Iterator[None]:
+        """One of the open-stream slots for as long as the stream is open, or RESOURCE_EXHAUSTED."""
+        if not self._open_streams.acquire(blocking=False):
+            limit = self._engine.settings.open_streams_limit
+            raise ResourceExhausted(f"{limit} streams are already open, the server's limit (PRELABEL_MAX_OPEN_STREAMS), "
+                                    "which keeps RPC threads free for single calls: retry when one ends, or send "
+                                    "these images over a stream already open")
+        try:
+            yield
+        finally:
+            self._open_streams.release()
 
     def _stream_item(self, item: pb.PredictStreamRequest, gone: Callable[[], bool]) -> pb.PredictStreamResponse:
         """One streamed item; its failure becomes its own error response, never the stream's."""
