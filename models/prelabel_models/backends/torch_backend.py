@@ -28,14 +28,14 @@ class TorchBackend:
 
     @torch.inference_mode()
     def run_with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+        images = self._to_device(batch)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
             logits, embedding = self.network.logits_and_embedding(images)
         return _to_host(logits), _to_host(embedding)
 
     @torch.inference_mode()
     def features(self, batch: np.ndarray) -> np.ndarray:
-        images = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+        images = self._to_device(batch)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
             return _to_host(self.network.features(images))
 
@@ -46,6 +46,9 @@ class TorchBackend:
                                               torch.from_numpy(dropout_mask).to(self.device))
         return _to_host(logits)
 
+    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+
     def release_cached_memory(self) -> None:
         """After a CUDA out-of-memory error: hand the allocator's cached blocks back before a retry."""
         if self.device.startswith("cuda"):
@@ -53,7 +56,7 @@ class TorchBackend:
 
     @torch.inference_mode()
     def run(self, batch: np.ndarray) -> np.ndarray:
-        images = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+        images = self._to_device(batch)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
             logits = self.network(images)
         return _to_host(logits)
