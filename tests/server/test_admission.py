@@ -1,18 +1,40 @@
 """What the server admits at once: open streams are capped below the RPC threads, so that a batch
 job's streams never leave an annotation tool's single calls (or the health checks) waiting for a
-thread."""
+thread; a batch job refused a stream waits for one instead of failing."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from prelabel_client import PreLabelClient, ResourceExhausted
-from prelabel_server.grpc_api.server import start_server
+from prelabel_client.batch import predict_files
+from prelabel_server.grpc_api.server import RunningServer, start_server
 from prelabel_server.settings import ServerSettings
+
+
+@pytest.fixture
+def one_stream_server(model_repository: Path) -> Iterator[RunningServer]:
+    running = start_server(ServerSettings(host="127.0.0.1", port=0, model_repository=model_repository,
+                                          backend="onnx", workers=2))  # room for 1 open stream
+    yield running
+    running.stop(grace=0)
+
+
+def _open_stream(client: PreLabelClient, image: bytes, release: threading.Event) -> Iterator:
+    """A stream whose client has not finished sending (a batch job waiting for its next image)
+    until ``release`` is set; returned once its first result is in, so it surely holds its slot."""
+    def still_sending() -> Iterator[bytes]:
+        yield image
+        release.wait(60)
+
+    stream = client.predict_many(still_sending(), window=1)
+    assert next(stream).mask is not None
+    return stream
 
 
 def test_the_stream_limit_defaults_to_half_the_rpc_threads():
@@ -21,20 +43,11 @@ def test_the_stream_limit_defaults_to_half_the_rpc_threads():
     assert ServerSettings(workers=8, max_open_streams=6).open_streams_limit == 6
 
 
-def test_streams_beyond_the_limit_are_refused_and_single_calls_still_served(model_repository: Path,
-                                                                         small_camvid_png: bytes):
-    running = start_server(ServerSettings(host="127.0.0.1", port=0, model_repository=model_repository,
-                                          backend="onnx", workers=2))  # room for 1 open stream
+def test_streams_beyond_the_limit_are_refused_and_single_calls_still_served(one_stream_server, small_camvid_png):
     release = threading.Event()
-
-    def still_sending() -> Iterator[bytes]:  # a batch job whose next image is not ready yet
-        yield small_camvid_png
-        release.wait(60)
-
     try:
-        with PreLabelClient(running.address, timeout=120) as client:
-            open_stream = client.predict_many(still_sending(), window=1)
-            assert next(open_stream).mask.shape == (101, 133)
+        with PreLabelClient(one_stream_server.address, timeout=120) as client:
+            open_stream = _open_stream(client, small_camvid_png, release)
             with pytest.raises(ResourceExhausted, match="PRELABEL_MAX_OPEN_STREAMS"):
                 list(client.predict_many([small_camvid_png]))
             assert client.predict(small_camvid_png).mask.shape == (101, 133)  # a thread was left for it
@@ -43,4 +56,34 @@ def test_streams_beyond_the_limit_are_refused_and_single_calls_still_served(mode
             assert len(list(client.predict_many([small_camvid_png]))) == 1  # ...and frees its slot
     finally:
         release.set()
-        running.stop(grace=0)
+
+
+def test_a_batch_job_refused_a_stream_waits_for_one_and_loses_no_image(one_stream_server, small_camvid_png,
+                                                                      camvid_val_images, tmp_path, capsys):
+    release = threading.Event()
+    try:
+        with PreLabelClient(one_stream_server.address, timeout=120) as client:
+            open_stream = _open_stream(client, small_camvid_png, release)
+            threading.Timer(2.0, release.set).start()  # the other job ends in 2 s
+            started = time.perf_counter()
+            report = predict_files(client, camvid_val_images[:3], tmp_path / "out", model="deeplab")
+            assert time.perf_counter() - started >= 2.0, "the stream was admitted while the slot was taken"
+            assert (report.written, report.failed) == (3, 0)
+            assert len((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()) == 3
+            assert "server busy" in capsys.readouterr().err
+            list(open_stream)
+    finally:
+        release.set()
+
+
+def test_a_batch_job_gives_up_after_its_patience(one_stream_server, small_camvid_png, camvid_val_images, tmp_path):
+    release = threading.Event()
+    try:
+        with PreLabelClient(one_stream_server.address, timeout=120) as client:
+            held = _open_stream(client, small_camvid_png, release)  # kept: a dropped stream is cancelled
+            with pytest.raises(ResourceExhausted, match="PRELABEL_MAX_OPEN_STREAMS"):
+                predict_files(client, camvid_val_images[:1], tmp_path / "out", model="deeplab", patience_s=1.0)
+            release.set()
+            list(held)
+    finally:
+        release.set()
