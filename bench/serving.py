@@ -95,11 +95,16 @@ class RawRuntime:
 
     def __init__(self, package: ModelPackage, images: list[np.ndarray]) -> None:
         self._predictor = Predictor(package.card, create_backend("onnx", package))
-        self.inputs = np.stack([self._predictor._input(im, package.card.output_stride) for im in images])
+        self.inputs = normalised(self._predictor, images)
         self._predictor.backend.run(self.inputs[:1])  # warm-up
 
     def run(self, batch: int) -> Measurement:
         return timed_batches(self._predictor.backend.run, self.inputs, batch)
+
+
+def normalised(predictor: Predictor, images: list[np.ndarray]) -> np.ndarray:
+    """The network inputs of ``images`` as the server makes them (padded, normalised), stacked."""
+    return np.stack([predictor._input(image, predictor.card.output_stride) for image in images])
 
 
 class RawTorch:
@@ -440,7 +445,7 @@ def cuda_section(package: ModelPackage, images: list[np.ndarray], payloads: list
 
     backends = {fp16: create_backend("torch", package, device=CUDA_DEVICE, fp16=fp16) for fp16 in (False, True)}
     predictor = Predictor(package.card, backends[False])
-    inputs = np.stack([predictor._input(im, package.card.output_stride) for im in images] * CUDA_PASSES)
+    inputs = normalised(predictor, images * CUDA_PASSES)
     payloads = payloads * CUDA_PASSES
     rows, runtimes = [], {}
     for fp16 in (False, True):

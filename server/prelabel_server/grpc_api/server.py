@@ -83,7 +83,7 @@ def start_server(settings: ServerSettings) -> RunningServer:
     stream_executor = ThreadPoolExecutor(settings.stream_workers, thread_name_prefix="stream-item")
     health_servicer = health.HealthServicer()
     pb_grpc.add_PrelabelServiceServicer_to_server(
-        PrelabelServicer(engine, stream_executor, settings.max_in_flight_per_stream), server)
+        PrelabelServicer(engine, stream_executor), server)
     engine.registry.add_listener(lambda: _update_health(health_servicer, engine))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -6,7 +6,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from contextlib import contextmanager
 
 import grpc
 from google.protobuf.message import Message
@@ -16,7 +15,7 @@ from prelabel_proto import prelabel_pb2_grpc as pb_grpc
 from prelabel_proto.errors import PrelabelError, ResourceExhausted
 from prelabel_server.engine import Engine
 from prelabel_server.grpc_api import converters
-from prelabel_server.grpc_api.streaming import process_stream
+from prelabel_server.grpc_api.streaming import RequestT, ResponseT, process_stream
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +28,9 @@ def caller_gone(context: grpc.ServicerContext) -> Callable[[], bool]:
 
 
 class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
-    def __init__(self, engine: Engine, stream_executor: Executor, max_in_flight: int) -> None:
+    def __init__(self, engine: Engine, stream_executor: Executor) -> None:
         self._engine = engine
         self._stream_executor = stream_executor
-        self._max_in_flight = max_in_flight
         self._open_streams = threading.BoundedSemaphore(engine.settings.open_streams_limit)
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
@@ -44,9 +42,7 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
     def PredictStream(self, request_iterator: Iterator[pb.PredictStreamRequest],
                       context: grpc.ServicerContext) -> Iterator[pb.PredictStreamResponse]:
         gone = caller_gone(context)
-        with self._stream_slot():
-            yield from process_stream(request_iterator, lambda item: self._stream_item(item, gone),
-                                      self._stream_executor, self._max_in_flight)
+        return self._stream(request_iterator, lambda item: self._stream_item(item, gone))
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[converters.model_info(s) for s in self._engine.models()],
@@ -62,20 +58,18 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
     def Score(self, request_iterator: Iterator[pb.ScoreRequest],
               context: grpc.ServicerContext) -> Iterator[pb.ScoreResponse]:
         gone = caller_gone(context)
-        with self._stream_slot():
-            yield from process_stream(request_iterator, lambda item: self._score_item(item, gone),
-                                      self._stream_executor, self._max_in_flight)
+        return self._stream(request_iterator, lambda item: self._score_item(item, gone))
 
-    @contextmanager
-    def _stream_slot(self) -> Iterator[None]:
-        """One of the open-stream slots for as long as the stream is open, or RESOURCE_EXHAUSTED."""
+    def _stream(self, requests: Iterator[RequestT], handle: Callable[[RequestT], ResponseT]) -> Iterator[ResponseT]:
+        """``handle`` over a stream's items, holding one of the open-stream slots for as long as the
+        stream is open; RESOURCE_EXHAUSTED when none is free."""
+        settings = self._engine.settings
         if not self._open_streams.acquire(blocking=False):
-            limit = self._engine.settings.open_streams_limit
-            raise ResourceExhausted(f"{limit} streams are already open, the server's limit (PRELABEL_MAX_OPEN_STREAMS), "
-                                    "which keeps RPC threads free for single calls: retry when one ends, or send "
-                                    "these images over a stream already open")
+            raise ResourceExhausted(f"{settings.open_streams_limit} streams are already open, the server's limit "
+                                    "(PRELABEL_MAX_OPEN_STREAMS), which keeps RPC threads free for single calls: "
+                                    "retry when one ends, or send these images over a stream already open")
         try:
-            yield
+            yield from process_stream(requests, handle, self._stream_executor, settings.max_in_flight_per_stream)
         finally:
             self._open_streams.release()
 
