@@ -33,12 +33,16 @@ class ServerSettings(BaseSettings):
         "Let ONNX Runtime's intra-op threads spin between operators (never after a run returns). "
         "On (the runtime's default); off measured within noise of on, on 2 cores (docs/benchmarks.md)."))
     workers: int = Field(default=8, ge=1, description="Threads serving RPCs.")
-    stream_workers: int = Field(default=4, ge=1, description="Threads processing streamed items (shared by all streams).")
+    stream_workers: int = Field(default=8, ge=1, description=(
+        "Threads processing streamed items (shared by all streams). A batch only fills with items decoded "
+        "while the one before it runs, so full batches need twice max_batch_size in the engine: with 4, "
+        "streamed batches alternated 1 and 3 images; with 8 they hold 4 (docs/benchmarks.md)."))
     max_open_streams: int = Field(default=0, ge=0, description=(
         "Streams (PredictStream, Score) open at once; more are refused with RESOURCE_EXHAUSTED. A stream "
         "holds an RPC thread while it is open, so the cap keeps threads free for single calls. "
         "0: half the RPC threads, at least 1."))
-    max_in_flight_per_stream: int = Field(default=8, ge=1, description="Requests read ahead of sent responses, per stream.")
+    max_in_flight_per_stream: int = Field(default=16, ge=1, description=(
+        "Requests read ahead of sent responses, per stream: enough to keep every stream worker busy."))
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request or response message.")
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest image, height x width (also the decompression-bomb guard).")
     batching: bool = Field(default=True, description="Dynamic batching per model; off runs each request on its own thread at once.")

@@ -66,6 +66,21 @@ def test_concurrent_requests_share_a_forward_pass_and_get_their_own_result(batch
     assert not all((batched[0].mask == other.mask).all() for other in batched[1:]), "results were mixed up"
 
 
+def test_a_stream_keeps_the_forward_passes_full(batch_repository, val_images, tmp_path):
+    """With the default settings and no queueing delay (the default model's card), a single
+    stream's items fill every batch: they are decoded while the batch before them runs."""
+    copy_package(ModelPackage.open(batch_repository / MODEL), tmp_path / "eager" / MODEL, name=MODEL,
+                 max_batch_size=4, max_queue_delay_ms=0)
+    running = _serve(tmp_path / "eager")
+    try:
+        with PreLabelClient(running.address, timeout=120) as client:
+            sizes = [p.response.batch_size for p in client.predict_many(val_images * 2, window=16)]
+    finally:
+        running.stop(grace=0)
+    assert len(sizes) == 16
+    assert sizes.count(4) >= 8, f"batch sizes {sizes}: streamed items did not fill the batches"
+
+
 def test_a_failing_batch_fails_only_its_own_requests(batch_repository, val_images):
     package = ModelPackage.open(batch_repository / MODEL)
     batcher = DynamicBatcher("isolation", Predictor(package.card, create_backend("onnx", package)),
