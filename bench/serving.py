@@ -66,6 +66,15 @@ class Row:
     client_cpu_cores: float = 0.0  # this process: the Python client (or, for raw rows, the runtime)
     note: str = ""
     stages_ms: dict[str, float] = field(default_factory=dict)  # served rows: medians of each stage
+    round_ratios: list[float] = field(default_factory=list)  # each round's ratio to its own raw run
+
+    @property
+    def ratio_text(self) -> str:
+        """The median ratio and its rounds' range: on a shared machine a target a few points from
+        the median can be met in one run and missed in the next, and the range shows it."""
+        if len(self.round_ratios) < 2:
+            return f"{self.ratio_to_limit:.1%}"
+        return f"{self.ratio_to_limit:.1%} (rounds {min(self.round_ratios):.1%} to {max(self.round_ratios):.1%})"
 
     @property
     def cpu_ms_per_image(self) -> float:
@@ -298,7 +307,8 @@ def interleaved(server: ServerProcess, specs: list[Spec], reference: Callable[[]
     rows = []
     for spec in specs:
         row = _median_row(spec.name, rounds[spec.name], spec.note)
-        row.ratio_to_limit = float(np.median(ratios[spec.name]))
+        row.round_ratios = ratios[spec.name]
+        row.ratio_to_limit = float(np.median(row.round_ratios))
         row.server_cpu_cores, row.server_peak_rss_mb = float(np.median(cpu[spec.name])), server.stats.peak_rss_mb()
         row.client_cpu_cores = float(np.median(client_cpu[spec.name]))
         rows.append(row)
@@ -512,9 +522,9 @@ def check_targets(rows: dict[str, Row]) -> list[dict]:
     photo = rows["4000x3000 photo (tiled), Predict"]
     entropy_cost = mask_only.images_per_s / entropy.images_per_s - 1
     return [
-        {"target": "PredictStream >= 95 % of the limit", "measured": f"{stream.ratio_to_limit:.1%}",
+        {"target": "PredictStream >= 95 % of the limit", "measured": stream.ratio_text,
          "met": stream.ratio_to_limit >= 0.95},
-        {"target": "unary at concurrency 16 >= 90 % of the limit", "measured": f"{c16.ratio_to_limit:.1%}",
+        {"target": "unary at concurrency 16 >= 90 % of the limit", "measured": c16.ratio_text,
          "met": c16.ratio_to_limit >= 0.90},
         {"target": f"p50 at concurrency 1 <= 1.1 x raw batch-1 p50 + 5 ms = {1.1 * raw_p50 + 5:.0f} ms",
          "measured": f"{c1.p50_ms:.0f} ms", "met": c1.p50_ms <= 1.1 * raw_p50 + 5},
@@ -532,9 +542,9 @@ def check_cuda_targets(rows: dict[str, Row]) -> list[dict]:
     """The same throughput targets against the GPU's limit, and what batching buys there."""
     c16, stream = rows["cuda: prelabel Predict, concurrency 16"], rows["cuda: prelabel PredictStream, window 64"]
     verdicts = [
-        {"target": "cuda: PredictStream >= 95 % of the GPU limit", "measured": f"{stream.ratio_to_limit:.1%}",
+        {"target": "cuda: PredictStream >= 95 % of the GPU limit", "measured": stream.ratio_text,
          "met": stream.ratio_to_limit >= 0.95},
-        {"target": "cuda: unary at concurrency 16 >= 90 % of the GPU limit", "measured": f"{c16.ratio_to_limit:.1%}",
+        {"target": "cuda: unary at concurrency 16 >= 90 % of the GPU limit", "measured": c16.ratio_text,
          "met": c16.ratio_to_limit >= 0.90},
     ]
     for c in (16, 64):

@@ -31,7 +31,7 @@ class ServerSettings(BaseSettings):
     inference_threads: int = Field(default=0, ge=0, description="Intra-op threads per model; 0: the runtime's default.")
     onnx_spin_wait: bool = Field(default=True, description=(
         "Let ONNX Runtime's intra-op threads spin between operators (never after a run returns). "
-        "On (the runtime's default); off measured within noise of on, on 2 cores (docs/benchmarks.md)."))
+        "On (the runtime's default); off lost every one of 6 paired rounds on 2 cores (docs/benchmarks.md)."))
     workers: int = Field(default=8, ge=1, description="Threads serving RPCs.")
     stream_workers: int = Field(default=8, ge=1, description=(
         "Threads processing streamed items (shared by all streams). A batch only fills with items decoded "
