@@ -442,6 +442,7 @@ def cpu_section(package: ModelPackage, repository: Path, images: list[np.ndarray
         photo = large_photo(images[0])
         rows += interleaved(server, [Spec("4000x3000 photo (tiled), Predict", lambda: unary(server.address, [photo] * 3, 1),
                                           "latency per photo")], reference, 1)
+    rows += host_only(package, payloads * 4, reference, repeats, 16)
     return rows, startup, limit
 
 
@@ -486,6 +487,8 @@ def cuda_section(package: ModelPackage, images: list[np.ndarray], payloads: list
                                               lambda c=c: unary(server.address, payloads, c, connections=4),
                                               "one request at a time per thread") for c in (16, 64)], reference, repeats)
         rows += cuda_processes(repository, payloads, reference, repeats, env)
+    threads = {name: value for name, value in env.items() if name.endswith(("WORKERS", "IN_FLIGHT_PER_STREAM"))}
+    rows += host_only(package, payloads, reference, repeats, 64, "cuda: ", **threads)
     return rows, limit, notes
 
 
@@ -510,6 +513,51 @@ def copy_with_card(package: ModelPackage, folder: Path, **card_fields: object) -
         if path.is_file() and path.name != "card.json":
             shutil.copyfile(path, folder / path.name)
     package.card.model_copy(update=card_fields).save(folder)
+
+
+def host_only(package: ModelPackage, payloads: list[bytes], reference: Callable[[], Measurement], repeats: int,
+              concurrency: int, label: str = "", **env: str) -> list[Row]:
+    """The server with the network swapped for one 1x1 convolution on ONNX Runtime: decoding,
+    batching, maps, summary, encoding and gRPC at the same image size, with almost no inference.
+    Its throughput is the most this host lets the server deliver, whatever runs the network: the
+    ceiling a GPU's figures meet. Its CPU use shows whether the host work spreads over the cores."""
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / package.card.name
+        copy_with_card(package, folder)
+        write_pointwise_network(folder / package.onnx_path.name, package.card.in_channels, package.card.num_classes)
+        with ServerProcess(Path(scratch), **env) as server:
+            address = server.address
+            return interleaved(server, [
+                Spec(f"{label}host only (1x1 conv), Predict concurrency {concurrency}",
+                     lambda: unary(address, payloads, concurrency, connections=4), "the network's cost removed"),
+                Spec(f"{label}host only (1x1 conv), PredictStream, window {concurrency}",
+                     lambda: stream(address, payloads, concurrency), "the network's cost removed"),
+            ], reference, repeats)
+
+
+def write_pointwise_network(path: Path, in_channels: int, classes: int) -> None:
+    """An ONNX graph with the served model's inputs and outputs (logits at the input's size, and
+    the embedding): a 1x1 convolution at a quarter of the resolution, upsampled bilinearly as
+    DeepLabV3+ does, so that the maps are as smooth (and compress as well) as a real model's."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from prelabel_models.backends.onnx_backend import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME
+
+    weights = np.random.default_rng(0).standard_normal((classes, in_channels, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("AveragePool", [INPUT_NAME], ["quarter"], kernel_shape=[4, 4], strides=[4, 4]),
+         helper.make_node("Conv", ["quarter", "weights"], ["coarse"]),
+         helper.make_node("Resize", ["coarse", "", "scales"], [OUTPUT_NAME], mode="linear"),
+         helper.make_node("ReduceMean", [OUTPUT_NAME], [EMBEDDING_NAME], axes=[2, 3], keepdims=0)],
+        "pointwise", [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", in_channels, "height", "width"])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", classes, "height", "width"]),
+         helper.make_tensor_value_info(EMBEDDING_NAME, TensorProto.FLOAT, ["batch", classes])],
+        [numpy_helper.from_array(weights, "weights"),
+         numpy_helper.from_array(np.array([1, 1, 4, 4], np.float32), "scales")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9  # readable by ONNX Runtime 1.18 and later
+    onnx.save(model, str(path))
 
 
 def check_targets(rows: dict[str, Row]) -> list[dict]:
