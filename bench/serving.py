@@ -517,10 +517,11 @@ def copy_with_card(package: ModelPackage, folder: Path, **card_fields: object) -
 
 def host_only(package: ModelPackage, payloads: list[bytes], reference: Callable[[], Measurement], repeats: int,
               concurrency: int, label: str = "", **env: str) -> list[Row]:
-    """The server with the network swapped for one 1x1 convolution on ONNX Runtime: decoding,
-    batching, maps, summary, encoding and gRPC at the same image size, with almost no inference.
-    Its throughput is the most this host lets the server deliver, whatever runs the network: the
-    ceiling a GPU's figures meet. Its CPU use shows whether the host work spreads over the cores."""
+    """The server with the network swapped for a pointwise one on ONNX Runtime
+    (``write_pointwise_network``): decoding, batching, maps, summary, encoding and gRPC at the same
+    image size, with almost no inference. Its throughput is the most this host lets the server
+    deliver, whatever runs the network: the ceiling a GPU's figures meet. Its CPU use shows whether
+    the host work spreads over the cores."""
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / package.card.name
         copy_with_card(package, folder)
