@@ -42,7 +42,7 @@ class BatchedLogits:
     queue_ms: float
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a generated __eq__ would compare the images element by element
 class _Pending:
     image: np.ndarray
     shape_key: tuple[int, int]  # padded size: only equal keys share a batch
@@ -125,12 +125,15 @@ class DynamicBatcher:
             return batch
 
     def _take_compatible(self, batch: list[_Pending], key: tuple[int, int]) -> None:
-        for pending in list(self._queue):
-            if len(batch) >= self._max_batch:
-                return
-            if pending.shape_key == key:
-                self._queue.remove(pending)
+        """Moves queued requests of padded size ``key`` into ``batch``, keeping the others in order."""
+        kept: deque[_Pending] = deque()
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.shape_key == key and len(batch) < self._max_batch:
                 batch.append(pending)
+            else:
+                kept.append(pending)
+        self._queue = kept
 
     def _drop_if_gone(self, pending: _Pending) -> bool:
         if pending.future.cancelled():

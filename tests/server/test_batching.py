@@ -97,6 +97,24 @@ def test_a_failing_batch_fails_only_its_own_requests(batch_repository, val_image
         batcher.stop()
 
 
+def test_requests_of_another_size_queued_in_between_are_served_too(batch_repository, val_images):
+    """A batch takes the queued requests of its padded size from behind one of another size: every
+    request is answered (a batcher that compared queued images element by element died here and
+    left every later request waiting)."""
+    package = ModelPackage.open(batch_repository / MODEL)
+    batcher = DynamicBatcher("mixed", Predictor(package.card, create_backend("onnx", package)),
+                             max_batch_size=4, max_queue_delay_ms=1000, max_queue_size=8)
+    frame = read_rgb(val_images[0])
+    sizes = [(176, 240), (178, 240), (176, 240), (178, 240), (176, 240)]  # padded: 176, 192, 176, 192, 176
+    try:
+        futures = [batcher.submit(np.ascontiguousarray(frame[:h, :w])) for h, w in sizes]
+        results = [future.result(timeout=120) for future in futures]
+    finally:
+        batcher.stop()
+    assert [r.logits.shape[1:] for r in results] == sizes
+    assert [r.batch_size for r in results] == [3, 2, 3, 2, 3]
+
+
 def test_a_full_queue_refuses_at_once_with_resource_exhausted(batch_repository, val_images):
     running = _serve(batch_repository, max_queue_size=1, workers=16)
     try:
