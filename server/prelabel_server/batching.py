@@ -102,9 +102,15 @@ class DynamicBatcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            live = [p for p in batch if not self._drop_if_gone(p)]
-            if live:
-                self._infer(live)
+            try:
+                live = [p for p in batch if not self._drop_if_gone(p)]
+                if live:
+                    self._infer(live)
+            except Exception as exc:  # if this thread died, every later request to the model would wait forever
+                log.exception("batch of %d on model %s failed outside the network", len(batch), self.name)
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
 
     def _next_batch(self) -> list[_Pending] | None:
         with self._wake:

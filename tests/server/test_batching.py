@@ -115,6 +115,24 @@ def test_requests_of_another_size_queued_in_between_are_served_too(batch_reposit
     assert [r.batch_size for r in results] == [3, 2, 3, 2, 3]
 
 
+def test_an_error_outside_the_network_fails_its_batch_and_the_model_goes_on(batch_repository, val_images):
+    package = ModelPackage.open(batch_repository / MODEL)
+    batcher = DynamicBatcher("resilient", Predictor(package.card, create_backend("onnx", package)),
+                             max_batch_size=4, max_queue_delay_ms=0, max_queue_size=8)
+    frame = read_rgb(val_images[0])
+
+    def caller_check_that_breaks() -> bool:
+        raise RuntimeError("the caller check broke")
+
+    try:
+        broken = batcher.submit(frame, caller_check_that_breaks)
+        with pytest.raises(RuntimeError, match="caller check broke"):
+            broken.result(timeout=120)
+        assert batcher.submit(frame).result(timeout=120).logits.shape == (package.card.num_classes, 360, 480)
+    finally:
+        batcher.stop()
+
+
 def test_a_full_queue_refuses_at_once_with_resource_exhausted(batch_repository, val_images):
     running = _serve(batch_repository, max_queue_size=1, workers=16)
     try:
