@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import sys
@@ -50,6 +49,8 @@ CUDA_BATCH_SIZES = (1, 4, 8, 16, 32)
 CUDA_MAX_BATCH = 32  # the server's max_batch_size on the GPU (the card's 4 is sized for 2 CPU cores)
 CUDA_PASSES = 8  # each image sent this many times per GPU measurement
 CUDA_PROCESSES = (1, 4)  # server processes compared on the GPU
+# Threads and read-ahead for concurrency 64 on the GPU machine's 16 cores (the defaults suit 2 cores).
+CUDA_THREADS = {"PRELABEL_WORKERS": "64", "PRELABEL_STREAM_WORKERS": "16", "PRELABEL_MAX_IN_FLIGHT_PER_STREAM": "64"}
 
 
 @dataclass
@@ -99,33 +100,27 @@ class Measurement:
         return len(self.latencies) / self.wall
 
 
-class RawRuntime:
-    """ONNX Runtime in-process on pre-normalised inputs: no gRPC, no decoding, no post-processing."""
+class RawBackend:
+    """A backend in-process on pre-normalised inputs: no gRPC, no decoding, no post-processing.
+    The limit the served rows are measured against (ONNX Runtime on the CPU, torch on a GPU)."""
 
-    def __init__(self, package: ModelPackage, images: list[np.ndarray]) -> None:
-        self._predictor = Predictor(package.card, create_backend("onnx", package))
-        self.inputs = normalised(self._predictor, images)
-        self._predictor.backend.run(self.inputs[:1])  # warm-up
+    def __init__(self, backend: Backend, inputs: np.ndarray, warm_up_batches: tuple[int, ...] = (1,)) -> None:
+        self.backend, self.inputs = backend, inputs
+        for batch in warm_up_batches:  # kernels chosen and memory cached per shape
+            self.backend.run(inputs[:batch])
 
     def run(self, batch: int) -> Measurement:
-        return timed_batches(self._predictor.backend.run, self.inputs, batch)
+        return timed_batches(self.backend.run, self.inputs, batch)
+
+
+def raw_onnxruntime(package: ModelPackage, images: list[np.ndarray]) -> RawBackend:
+    backend = create_backend("onnx", package)
+    return RawBackend(backend, normalised(Predictor(package.card, backend), images))
 
 
 def normalised(predictor: Predictor, images: list[np.ndarray]) -> np.ndarray:
     """The network inputs of ``images`` as the server makes them (padded, normalised), stacked."""
     return np.stack([predictor._input(image, predictor.card.output_stride) for image in images])
-
-
-class RawTorch:
-    """The torch backend in-process on a CUDA device: the limit the GPU rows are measured against."""
-
-    def __init__(self, backend: Backend, inputs: np.ndarray) -> None:
-        self.backend, self.inputs = backend, inputs
-        for batch in CUDA_BATCH_SIZES:  # warm-up: kernels chosen and memory cached per shape
-            self.backend.run(inputs[:batch])
-
-    def run(self, batch: int) -> Measurement:
-        return timed_batches(self.backend.run, self.inputs, batch)
 
 
 def timed_batches(run: Callable[[np.ndarray], object], inputs: np.ndarray, batch: int) -> Measurement:
@@ -138,7 +133,7 @@ def timed_batches(run: Callable[[np.ndarray], object], inputs: np.ndarray, batch
     return Measurement(latencies, time.perf_counter() - started)
 
 
-def raw_runtime(runtime: RawRuntime | RawTorch, batch_sizes: list[int], repeats: int,
+def raw_runtime(runtime: RawBackend, batch_sizes: list[int], repeats: int,
                 label: str = "raw onnxruntime") -> list[Row]:
     """The limit's candidates: the batch sizes take turns, ``repeats`` rounds, and each keeps its
     median round."""
@@ -394,7 +389,7 @@ def cpu_section(package: ModelPackage, repository: Path, images: list[np.ndarray
                 repeats: int) -> tuple[list[Row], dict[str, float], float]:
     """Issue #4's measurements on ONNX Runtime on the CPU; returns the rows, the session start-up
     times and the limit (raw ONNX Runtime at its best batch size)."""
-    runtime = RawRuntime(package, images)
+    runtime = raw_onnxruntime(package, images)
     rows = raw_runtime(runtime, [1, 2, 4], repeats)
     limit = max(r.images_per_s for r in rows)
     best_batch = int(max(rows, key=lambda r: r.images_per_s).name.rsplit(" ", 1)[1])
@@ -460,7 +455,7 @@ def cuda_section(package: ModelPackage, images: list[np.ndarray], payloads: list
     payloads = payloads * CUDA_PASSES
     rows, runtimes = [], {}
     for fp16 in (False, True):
-        runtimes[fp16] = RawTorch(backends[fp16], inputs)
+        runtimes[fp16] = RawBackend(backends[fp16], inputs, CUDA_BATCH_SIZES)
         rows += raw_runtime(runtimes[fp16], list(CUDA_BATCH_SIZES), repeats, f"cuda: raw torch {'fp16' if fp16 else 'fp32'}")
     fastest = max((r for r in rows if "fp16" in r.name), key=lambda r: r.images_per_s)
     limit = fastest.images_per_s
@@ -472,9 +467,8 @@ def cuda_section(package: ModelPackage, images: list[np.ndarray], payloads: list
                                        "package registries hold no onnxruntime-gpu")}
     with tempfile.TemporaryDirectory() as scratch:
         repository = Path(scratch)
-        copy_with_card(package, repository / package.card.name, max_batch_size=CUDA_MAX_BATCH)
-        env = {"PRELABEL_BACKEND": "torch", "PRELABEL_DEVICE": CUDA_DEVICE, "PRELABEL_FP16": "true",
-               "PRELABEL_WORKERS": "64", "PRELABEL_STREAM_WORKERS": "16", "PRELABEL_MAX_IN_FLIGHT_PER_STREAM": "64"}
+        package.copy_to(repository / package.card.name, max_batch_size=CUDA_MAX_BATCH)
+        env = {"PRELABEL_BACKEND": "torch", "PRELABEL_DEVICE": CUDA_DEVICE, "PRELABEL_FP16": "true", **CUDA_THREADS}
         with ServerProcess(repository, **env) as server:
             address = server.address
             rows += interleaved(server, [
@@ -487,8 +481,7 @@ def cuda_section(package: ModelPackage, images: list[np.ndarray], payloads: list
                                               lambda c=c: unary(server.address, payloads, c, connections=4),
                                               "one request at a time per thread") for c in (16, 64)], reference, repeats)
         rows += cuda_processes(repository, payloads, reference, repeats, env)
-    threads = {name: value for name, value in env.items() if name.endswith(("WORKERS", "IN_FLIGHT_PER_STREAM"))}
-    rows += host_only(package, payloads, reference, repeats, 64, "cuda: ", **threads)
+    rows += host_only(package, payloads, reference, repeats, 64, "cuda: ", **CUDA_THREADS)
     return rows, limit, notes
 
 
@@ -506,15 +499,6 @@ def cuda_processes(repository: Path, payloads: list[bytes], reference: Callable[
     return rows
 
 
-def copy_with_card(package: ModelPackage, folder: Path, **card_fields: object) -> None:
-    """The package's files under a card with ``card_fields`` changed (e.g. a GPU-sized batch)."""
-    folder.mkdir(parents=True)
-    for path in package.folder.iterdir():
-        if path.is_file() and path.name != "card.json":
-            shutil.copyfile(path, folder / path.name)
-    package.card.model_copy(update=card_fields).save(folder)
-
-
 def host_only(package: ModelPackage, payloads: list[bytes], reference: Callable[[], Measurement], repeats: int,
               concurrency: int, label: str = "", **env: str) -> list[Row]:
     """The server with the network swapped for a pointwise one on ONNX Runtime
@@ -523,9 +507,8 @@ def host_only(package: ModelPackage, payloads: list[bytes], reference: Callable[
     deliver, whatever runs the network: the ceiling a GPU's figures meet. Its CPU use shows whether
     the host work spreads over the cores."""
     with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch) / package.card.name
-        copy_with_card(package, folder)
-        write_pointwise_network(folder / package.onnx_path.name, package.card.in_channels, package.card.num_classes)
+        copy = package.copy_to(Path(scratch) / package.card.name)
+        write_pointwise_network(copy.onnx_path, package.card.in_channels, package.card.num_classes)
         with ServerProcess(Path(scratch), **env) as server:
             address = server.address
             return interleaved(server, [

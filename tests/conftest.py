@@ -54,7 +54,7 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory, camvid_root: Path
     """``deeplab`` (DeepLabV3+/ResNet-18, stride 16, 256-pixel tiles), ``unet`` (local Unet/
     MobileNetV2, 256-pixel tiles) and ``unet-tile1024`` (the same weights, 1024-pixel tiles), all
     exported to ONNX; ``broken`` (weights and ONNX missing) and ``broken-card`` (invalid card)."""
-    from service_packages import build_package, camvid_card, copy_package, write_broken_packages
+    from service_packages import build_package, camvid_card, write_broken_packages
 
     repository = tmp_path_factory.mktemp("model-repository")
     calibration = sorted((camvid_root / "train").glob("*.png"))[::90][:4]
@@ -62,7 +62,7 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory, camvid_root: Path
                                                       tile_size=256, tile_overlap=32), calibration)
     unet = build_package(repository / "unet", camvid_card("unet", "Unet", "mobilenet_v2", tile_size=256,
                                                           tile_overlap=64), calibration, local=True)
-    copy_package(unet, repository / "unet-tile1024", name="unet-tile1024", tile_size=1024)
+    unet.copy_to(repository / "unet-tile1024", name="unet-tile1024", tile_size=1024)
     write_broken_packages(repository)
     return repository
 

@@ -15,7 +15,6 @@ padding at tile borders): what the seam test must catch.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
@@ -91,15 +90,6 @@ def build_package(folder: Path, card: ModelCard, images: list[Path], *, local: b
     if onnx:
         export_onnx(package)
     return package
-
-
-def copy_package(source: ModelPackage, folder: Path, **card_fields: object) -> ModelPackage:
-    """The same weights and ONNX file under another card (e.g. another tile size)."""
-    folder.mkdir(parents=True)
-    for path in (source.weights_path, source.onnx_path):
-        shutil.copyfile(path, folder / path.name)
-    source.card.model_copy(update=card_fields).save(folder)
-    return ModelPackage.open(folder)
 
 
 def write_broken_packages(repository: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,16 @@ class ModelPackage:
     @property
     def head_onnx_path(self) -> Path:
         return self.folder / self.card.head_onnx
+
+    def copy_to(self, folder: Path, **card_fields: object) -> "ModelPackage":
+        """The same weights and ONNX files in ``folder`` (new) under a card with ``card_fields``
+        changed: another name, tile size or batch size for the same network."""
+        folder.mkdir(parents=True)
+        for path in (self.weights_path, self.onnx_path, self.trunk_onnx_path, self.head_onnx_path):
+            if path.is_file():
+                shutil.copyfile(path, folder / path.name)
+        self.card.model_copy(update=card_fields).save(folder)
+        return ModelPackage.open(folder)
 
 
 def find_packages(repository: Path | str) -> list[Path]:

@@ -14,7 +14,6 @@ from prelabel_models import ModelPackage
 from prelabel_proto.errors import FailedPrecondition, ModelNotFound
 from prelabel_server.grpc_api.server import start_server
 from prelabel_server.settings import ServerSettings
-from service_packages import copy_package
 
 MODEL = "swappable"
 
@@ -28,7 +27,7 @@ def _set_card_field(folder: Path, **fields: object) -> None:
 @pytest.fixture()
 def reload_server(tmp_path: Path, model_repository: Path):
     repository = tmp_path / "repository"
-    copy_package(ModelPackage.open(model_repository / "deeplab"), repository / MODEL, name=MODEL, version="1")
+    ModelPackage.open(model_repository / "deeplab").copy_to(repository / MODEL, name=MODEL, version="1")
     running = start_server(ServerSettings(port=0, model_repository=repository, backend="onnx", stream_workers=2))
     yield running, repository / MODEL
     running.stop(grace=0)

@@ -20,7 +20,6 @@ from prelabel_proto.errors import PrelabelError
 from prelabel_server.batching import DynamicBatcher
 from prelabel_server.grpc_api.server import RunningServer, start_server
 from prelabel_server.settings import ServerSettings
-from service_packages import copy_package
 
 MODEL = "batchy"
 
@@ -34,7 +33,7 @@ def val_images(camvid_root: Path) -> list[Path]:
 def batch_repository(tmp_path_factory: pytest.TempPathFactory, model_repository: Path) -> Path:
     """The test DeepLabV3+ under a card that waits long enough (400 ms) for batches to form."""
     repository = tmp_path_factory.mktemp("batching-repo")
-    copy_package(ModelPackage.open(model_repository / "deeplab"), repository / MODEL, name=MODEL,
+    ModelPackage.open(model_repository / "deeplab").copy_to(repository / MODEL, name=MODEL,
                  tile_size=512, max_batch_size=4, max_queue_delay_ms=400)
     return repository
 
@@ -69,7 +68,7 @@ def test_concurrent_requests_share_a_forward_pass_and_get_their_own_result(batch
 def test_a_stream_keeps_the_forward_passes_full(batch_repository, val_images, tmp_path):
     """With the default settings and no queueing delay (the default model's card), a single
     stream's items fill every batch: they are decoded while the batch before them runs."""
-    copy_package(ModelPackage.open(batch_repository / MODEL), tmp_path / "eager" / MODEL, name=MODEL,
+    ModelPackage.open(batch_repository / MODEL).copy_to(tmp_path / "eager" / MODEL, name=MODEL,
                  max_batch_size=4, max_queue_delay_ms=0)
     running = _serve(tmp_path / "eager")
     try:

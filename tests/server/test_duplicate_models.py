@@ -13,15 +13,14 @@ from prelabel_client import PreLabelClient
 from prelabel_models import ModelPackage
 from prelabel_server.grpc_api.server import start_server
 from prelabel_server.settings import ServerSettings
-from service_packages import copy_package
 
 
 @pytest.fixture(scope="module")
 def duplicates(model_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     repository = tmp_path_factory.mktemp("duplicates")
     unet = ModelPackage.open(model_repository / "unet")
-    copy_package(unet, repository / "a-unet")
-    copy_package(unet, repository / "b-unet")
+    unet.copy_to(repository / "a-unet")
+    unet.copy_to(repository / "b-unet")
     running = start_server(ServerSettings(host="127.0.0.1", port=0, model_repository=repository, backend="onnx"))
     yield running
     running.stop(grace=0)

@@ -14,12 +14,11 @@ from prelabel_server.grpc_api.server import start_server
 from prelabel_server.registry import ModelRegistry
 from prelabel_server.settings import ServerSettings
 from prelabel_server.watcher import RepositoryWatcher
-from service_packages import copy_package
 
 
 @pytest.fixture()
 def repository(tmp_path: Path, model_repository: Path) -> Path:
-    copy_package(ModelPackage.open(model_repository / "unet"), tmp_path / "watched", name="watched")
+    ModelPackage.open(model_repository / "unet").copy_to(tmp_path / "watched", name="watched")
     return tmp_path
 
 
@@ -38,7 +37,7 @@ def test_a_change_is_loaded_only_once_the_package_has_settled(repository: Path, 
     assert registry.ready("watched").card.version == "2"
     assert watcher.poll() == []
 
-    copy_package(ModelPackage.open(model_repository / "unet"), repository / "added", name="added")
+    ModelPackage.open(model_repository / "unet").copy_to(repository / "added", name="added")
     watcher.poll()
     assert watcher.poll() == ["added"] and registry.ready("added").card.version == "1"
 
