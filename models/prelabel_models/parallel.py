@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import lru_cache
 from typing import TypeVar
 
@@ -48,8 +48,15 @@ def submit(function: Callable[..., ResultT], *args: object) -> Future:
 
 
 def map_all(function: Callable[[ItemT], ResultT], items: Iterable[ItemT]) -> list[ResultT]:
-    """``function`` over ``items`` on the pool, in order; a single item runs inline."""
+    """``function`` over ``items`` in order: the calling thread works on the first item while the
+    pool takes the rest, instead of sleeping until they are done. One hand-off fewer per call:
+    post-processing one CamVid image went from 11.0 to 9.5 ms on 2 cores (docs/benchmarks.md)."""
     items = list(items)
     if len(items) <= 1 or _inside_pool():
         return [function(item) for item in items]
-    return list(_pool().map(function, items))
+    others = [_pool().submit(function, item) for item in items[1:]]
+    try:
+        first = function(items[0])
+    finally:
+        wait(others)  # never return (or raise) while pool tasks still write into the caller's arrays
+    return [first, *(future.result() for future in others)]
