@@ -277,6 +277,7 @@ class Spec:
     name: str
     run: Callable[[], Measurement]
     note: str = ""
+    server: "ServerProcess | None" = None  # whose CPU and memory the row reports; None: interleaved's server
 
 
 def interleaved(server: ServerProcess, specs: list[Spec], reference: Callable[[], Measurement],
@@ -284,7 +285,8 @@ def interleaved(server: ServerProcess, specs: list[Spec], reference: Callable[[]
     """Each spec once per round, ``repeats`` rounds, each round opened by ``reference`` (raw ONNX
     Runtime at its best batch size): drift on a shared machine hits every spec of a comparison
     alike, and each row's ratio to the limit is the median of its per-round ratios to that round's
-    raw run. Rows keep the median round's throughput and CPU."""
+    raw run. Rows keep the median round's throughput and CPU. Specs may name servers of their own
+    (all started before), so that two configurations take turns within each round."""
     rounds: dict[str, list] = {spec.name: [] for spec in specs}
     ratios: dict[str, list[float]] = {spec.name: [] for spec in specs}
     cpu: dict[str, list[float]] = {spec.name: [] for spec in specs}
@@ -292,11 +294,12 @@ def interleaved(server: ServerProcess, specs: list[Spec], reference: Callable[[]
     for _ in range(repeats):
         limit = reference().images_per_s
         for spec in specs:
-            server.stats.start()
+            stats = (spec.server or server).stats
+            stats.start()
             client = _ClientCpu()
             rounds[spec.name].append(spec.run())
             print(f"  {spec.name}: {rounds[spec.name][-1].images_per_s:.2f} img/s", file=sys.stderr, flush=True)
-            cpu[spec.name].append(server.stats.cpu_cores())
+            cpu[spec.name].append(stats.cpu_cores())
             client_cpu[spec.name].append(client.cores())
             ratios[spec.name].append(rounds[spec.name][-1].images_per_s / limit)
     rows = []
@@ -304,7 +307,8 @@ def interleaved(server: ServerProcess, specs: list[Spec], reference: Callable[[]
         row = _median_row(spec.name, rounds[spec.name], spec.note)
         row.round_ratios = ratios[spec.name]
         row.ratio_to_limit = float(np.median(row.round_ratios))
-        row.server_cpu_cores, row.server_peak_rss_mb = float(np.median(cpu[spec.name])), server.stats.peak_rss_mb()
+        row.server_cpu_cores = float(np.median(cpu[spec.name]))
+        row.server_peak_rss_mb = (spec.server or server).stats.peak_rss_mb()
         row.client_cpu_cores = float(np.median(client_cpu[spec.name]))
         rows.append(row)
     return rows
@@ -399,12 +403,15 @@ def cpu_section(package: ModelPackage, repository: Path, images: list[np.ndarray
     for r in rows:
         r.ratio_to_limit = r.images_per_s / limit
 
-    with ServerProcess(repository) as server:
+    with ServerProcess(repository) as server, ServerProcess(repository, PRELABEL_BATCHING="false") as unbatched:
         address = server.address
-        rows += interleaved(server, [
-            *(Spec(f"prelabel Predict, concurrency {c}", lambda c=c: unary(address, payloads, c)) for c in (1, 4, 16)),
-            Spec("prelabel PredictStream, window 16", lambda: stream(address, payloads, 16)),
-        ], reference, repeats)
+        specs = {c: Spec(f"prelabel Predict, concurrency {c}", lambda c=c: unary(address, payloads, c)) for c in (1, 4, 16)}
+        unbatched_specs = {c: Spec(f"batching off, Predict concurrency {c}", lambda c=c: unary(unbatched.address, payloads, c),
+                                   "one request at a time per thread", unbatched) for c in (1, 16)}
+        # each pair to compare runs back to back within a round
+        rows += interleaved(server, [specs[1], unbatched_specs[1], specs[4], specs[16], unbatched_specs[16],
+                                     Spec("prelabel PredictStream, window 16", lambda: stream(address, payloads, 16))],
+                            reference, repeats)
         rows += interleaved(server, [
             Spec(f"Predict concurrency 4, {'mask only' if outputs == ('mask',) else 'mask + ' + measure}",
                  lambda outputs=outputs, measure=measure: unary(address, payloads, 4, outputs=outputs, measure=measure))
@@ -420,11 +427,9 @@ def cpu_section(package: ModelPackage, repository: Path, images: list[np.ndarray
                                "encoder once, head 8 times"))
         specs.append(Spec("Predict concurrency 1, TTA (6 passes)", lambda: unary(address, sampled, 1, measure="tta_entropy")))
         rows += interleaved(server, specs, reference, repeats)
-    for name, env, note in (("ORT spin-wait off", {"PRELABEL_ONNX_SPIN_WAIT": "false"}, "idle runtime threads sleep"),
-                            ("batching off", {"PRELABEL_BATCHING": "false"}, "one request at a time per thread")):
-        with ServerProcess(repository, **env) as server:
-            rows += interleaved(server, [Spec(f"{name}, Predict concurrency {c}", lambda c=c: unary(server.address, payloads, c),
-                                              note) for c in (1, 16)], reference, repeats)
+    with ServerProcess(repository, PRELABEL_ONNX_SPIN_WAIT="false") as server:
+        rows += interleaved(server, [Spec(f"ORT spin-wait off, Predict concurrency {c}", lambda c=c: unary(server.address, payloads, c),
+                                          "idle runtime threads sleep") for c in (1, 16)], reference, repeats)
     with ServerProcess(repository) as server:
         rows += interleaved(server, [Spec("1 process, Predict conc. 16, 4 connections",
                                           lambda: unary(server.address, payloads, 16, connections=4),
@@ -552,7 +557,7 @@ def check_targets(rows: dict[str, Row]) -> list[dict]:
     mask_only, entropy = rows["Predict concurrency 4, mask only"], rows["Predict concurrency 4, mask + entropy"]
     batching_on, batching_off = c16, rows["batching off, Predict concurrency 16"]
     photo = rows["4000x3000 photo (tiled), Predict"]
-    entropy_cost = mask_only.images_per_s / entropy.images_per_s - 1
+    entropy_cost = paired_gain(mask_only, entropy) - 1  # mask-only throughput over entropy's, per round
     return [
         {"target": "PredictStream >= 95 % of the limit", "measured": stream.ratio_text,
          "met": stream.ratio_to_limit >= 0.95},
@@ -564,10 +569,21 @@ def check_targets(rows: dict[str, Row]) -> list[dict]:
          "met": entropy_cost <= 0.10},
         {"target": "4000x3000 photo: peak server RSS < 1.5 GB", "measured": f"{photo.server_peak_rss_mb:.0f} MB",
          "met": photo.server_peak_rss_mb < 1500},
-        {"target": "batching on beats batching off at concurrency 16",
-         "measured": f"{batching_on.images_per_s:.2f} vs {batching_off.images_per_s:.2f} img/s",
-         "met": batching_on.images_per_s > batching_off.images_per_s},
+        {"target": "batching on beats batching off at concurrency 16", "measured": paired_gain_text(batching_on, batching_off),
+         "met": paired_gain(batching_on, batching_off) > 1},
     ]
+
+
+def paired_gain(row: Row, baseline: Row) -> float:
+    """The median over rounds of ``row``'s throughput over ``baseline``'s in the same round (both
+    measured back to back, so the machine's drift between rounds cancels)."""
+    return float(np.median(np.divide(row.round_ratios, baseline.round_ratios)))
+
+
+def paired_gain_text(row: Row, baseline: Row) -> str:
+    gains = np.divide(row.round_ratios, baseline.round_ratios)
+    return (f"{paired_gain(row, baseline):.3f}x by paired rounds ({gains.min():.3f}x to {gains.max():.3f}x); "
+            f"{row.images_per_s:.2f} vs {baseline.images_per_s:.2f} img/s")
 
 
 def check_cuda_targets(rows: dict[str, Row]) -> list[dict]:
