@@ -406,12 +406,13 @@ def cpu_section(package: ModelPackage, repository: Path, images: list[np.ndarray
 
     with ServerProcess(repository) as server, ServerProcess(repository, PRELABEL_BATCHING="false") as unbatched:
         address = server.address
-        specs = {c: Spec(f"prelabel Predict, concurrency {c}", lambda c=c: unary(address, payloads, c)) for c in (1, 4, 16)}
+        batched_specs = {c: Spec(f"prelabel Predict, concurrency {c}", lambda c=c: unary(address, payloads, c)) for c in (1, 4, 16)}
         unbatched_specs = {c: Spec(f"batching off, Predict concurrency {c}", lambda c=c: unary(unbatched.address, payloads, c),
                                    "one request at a time per thread", unbatched) for c in (1, 16)}
         raw_beside_c1 = Spec(PAIRED_RAW_BATCH_1, lambda: runtime.run(1), "in the same rounds as concurrency 1")
         # each pair to compare runs back to back within a round
-        rows += interleaved(server, [raw_beside_c1, specs[1], unbatched_specs[1], specs[4], specs[16], unbatched_specs[16],
+        rows += interleaved(server, [raw_beside_c1, batched_specs[1], unbatched_specs[1], batched_specs[4], batched_specs[16],
+                                     unbatched_specs[16],
                                      Spec("prelabel PredictStream, window 16", lambda: stream(address, payloads, 16))],
                             reference, repeats)
         rows += interleaved(server, [
