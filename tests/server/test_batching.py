@@ -33,8 +33,8 @@ def val_images(camvid_root: Path) -> list[Path]:
 def batch_repository(tmp_path_factory: pytest.TempPathFactory, model_repository: Path) -> Path:
     """The test DeepLabV3+ under a card that waits long enough (400 ms) for batches to form."""
     repository = tmp_path_factory.mktemp("batching-repo")
-    ModelPackage.open(model_repository / "deeplab").copy_to(repository / MODEL, name=MODEL,
-                 tile_size=512, max_batch_size=4, max_queue_delay_ms=400)
+    ModelPackage.open(model_repository / "deeplab").copy_to(repository / MODEL, name=MODEL, tile_size=512,
+                                                            max_batch_size=4, max_queue_delay_ms=400)
     return repository
 
 
@@ -69,7 +69,7 @@ def test_a_stream_keeps_the_forward_passes_full(batch_repository, val_images, tm
     """With the default settings and no queueing delay (the default model's card), a single
     stream's items fill every batch: they are decoded while the batch before them runs."""
     ModelPackage.open(batch_repository / MODEL).copy_to(tmp_path / "eager" / MODEL, name=MODEL,
-                 max_batch_size=4, max_queue_delay_ms=0)
+                                                        max_batch_size=4, max_queue_delay_ms=0)
     running = _serve(tmp_path / "eager")
     try:
         with PreLabelClient(running.address, timeout=120) as client:
