@@ -28,6 +28,17 @@ class SegmentationMaps:
 
 
 @dataclass(frozen=True)
+class MapRequest:
+    """What one image of a batch needs from the maps: its size inside the padded batch, its
+    uncertainty measure, and whether its class probabilities are wanted too."""
+
+    height: int
+    width: int
+    measure: str = "entropy"
+    keep_probabilities: bool = False
+
+
+@dataclass(frozen=True)
 class ClassShare:
     class_id: int
     pixel_fraction: float
@@ -91,6 +102,12 @@ def _pieces(top: int, logits: np.ndarray, band_pixels: int) -> list[tuple[int, n
         count = max(1, min(cores, pixels // _MIN_PIECE_PIXELS))
     size = -(-rows // min(count, rows))
     return [(top + start, logits[:, start: start + size]) for start in range(0, rows, size)]
+
+
+def maps_of_batch(logits: np.ndarray, temperature: float, requests: list[MapRequest]) -> list[SegmentationMaps]:
+    """A padded batch's logits → each image's maps on the host (what ``run_maps`` gives on a device)."""
+    return [segment_maps(image_logits[:, : request.height, : request.width], temperature, request.measure,
+                         request.keep_probabilities) for image_logits, request in zip(logits, requests, strict=True)]
 
 
 def maps_from_statistics(statistics: SampleStatistics, measure: str, keep_probabilities: bool = False) -> SegmentationMaps:

@@ -12,6 +12,7 @@ import numpy as np
 from prelabel_models.backends import Backend
 from prelabel_models.card import ModelCard
 from prelabel_models.epistemic import SampleStatistics, dropout_masks, resize_statistics, sample_statistics
+from prelabel_models.postprocessing import MapRequest, SegmentationMaps
 from prelabel_models.preprocessing import normalize
 from prelabel_models.tiling import Tile, blend_weights, pad_to_multiple, padded_size, plan_tiles
 
@@ -46,12 +47,26 @@ class Predictor:
 
     def logits_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """One forward pass over images that fit untiled; they are padded to a common size."""
-        stride = self.card.output_stride
+        logits = self.backend.run(self._common_batch(images))
+        return [logits[i, :, : im.shape[0], : im.shape[1]] for i, im in enumerate(images)]
+
+    @property
+    def maps_on_device(self) -> bool:
+        """Whether the backend derives the maps itself, on its accelerator (``maps_batch``);
+        otherwise the caller derives them from ``logits_batch`` on the host."""
+        return getattr(self.backend, "maps_on_device", False)
+
+    def maps_batch(self, images: list[np.ndarray], measures: list[str],
+                   keep_probabilities: list[bool]) -> list[SegmentationMaps]:
+        """Like ``logits_batch``, but each image's maps, computed where the logits are."""
+        requests = [MapRequest(image.shape[0], image.shape[1], measure, keep)
+                    for image, measure, keep in zip(images, measures, keep_probabilities, strict=True)]
+        return self.backend.run_maps(self._common_batch(images), self.card.temperature, requests)
+
+    def _common_batch(self, images: list[np.ndarray]) -> np.ndarray:
         height = max(im.shape[0] for im in images)
         width = max(im.shape[1] for im in images)
-        batch = np.stack([self._input(pad_to_common(im, height, width), stride) for im in images])
-        logits = self.backend.run(batch)
-        return [logits[i, :, : im.shape[0], : im.shape[1]] for i, im in enumerate(images)]
+        return np.stack([self._input(pad_to_common(im, height, width), self.card.output_stride) for im in images])
 
     def logits_and_embedding(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits of an untiled image and its embedding (D,), from one forward pass."""

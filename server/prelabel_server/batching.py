@@ -16,10 +16,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from prelabel_models.postprocessing import SegmentationMaps
 from prelabel_models.predictor import Predictor
 from prelabel_models.tiling import padded_size
 from prelabel_proto.errors import Cancelled, ModelUnavailable, ResourceExhausted
@@ -36,10 +37,22 @@ class ModelRetired(ModelUnavailable):
 
 
 @dataclass(frozen=True)
-class BatchedLogits:
-    logits: np.ndarray
-    batch_size: int
-    queue_ms: float
+class BatchedOutput:
+    """One image's share of a forward pass: its maps where the backend computes them on its
+    device, else its logits (the caller's thread then derives the maps on the host)."""
+
+    logits: np.ndarray | None
+    maps: SegmentationMaps | None
+    batch_size: int = 1
+    queue_ms: float = 0.0
+
+
+def forward(predictor: Predictor, images: list[np.ndarray], measures: list[str],
+            keep_probabilities: list[bool]) -> list[BatchedOutput]:
+    """One forward pass over ``images``, with or without a batcher."""
+    if predictor.maps_on_device:
+        return [BatchedOutput(None, maps, len(images)) for maps in predictor.maps_batch(images, measures, keep_probabilities)]
+    return [BatchedOutput(logits, None, len(images)) for logits in predictor.logits_batch(images)]
 
 
 @dataclass(eq=False)  # identity: a generated __eq__ would compare the images element by element
@@ -47,6 +60,8 @@ class _Pending:
     image: np.ndarray
     shape_key: tuple[int, int]  # padded size: only equal keys share a batch
     caller_gone: CallerGone
+    measure: str
+    keep_probabilities: bool
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -66,11 +81,14 @@ class DynamicBatcher:
         self._worker = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._worker.start()
 
-    def submit(self, image: np.ndarray, caller_gone: CallerGone = lambda: False) -> Future:
-        """Queues ``image``; the future resolves to BatchedLogits. Raises ResourceExhausted when full."""
+    def submit(self, image: np.ndarray, caller_gone: CallerGone = lambda: False, measure: str = "entropy",
+               keep_probabilities: bool = False) -> Future:
+        """Queues ``image``; the future resolves to a BatchedOutput (``measure`` and
+        ``keep_probabilities`` serve backends that compute maps on their device). Raises
+        ResourceExhausted when full."""
         stride = self._predictor.card.output_stride
         key = (padded_size(image.shape[0], stride), padded_size(image.shape[1], stride))
-        pending = _Pending(image, key, caller_gone)
+        pending = _Pending(image, key, caller_gone, measure, keep_probabilities)
         with self._wake:
             if self._stopped:
                 raise ModelRetired(f"model {self.name!r} was replaced or is stopping: retry")
@@ -155,12 +173,13 @@ class DynamicBatcher:
         started = time.perf_counter()
         try:
             with self._model_lock:
-                outputs = self._predictor.logits_batch([p.image for p in batch])
+                outputs = forward(self._predictor, [p.image for p in batch], [p.measure for p in batch],
+                                  [p.keep_probabilities for p in batch])
         except Exception as exc:  # a failed batch fails only its own requests
             log.exception("batch of %d on model %s failed", len(batch), self.name)
             for pending in batch:
                 pending.future.set_exception(exc)
             return
         metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
-        for pending, logits in zip(batch, outputs):
-            pending.future.set_result(BatchedLogits(logits, len(batch), (started - pending.enqueued) * 1000.0))
+        for pending, output in zip(batch, outputs):
+            pending.future.set_result(replace(output, queue_ms=(started - pending.enqueued) * 1000.0))

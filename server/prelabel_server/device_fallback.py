@@ -19,6 +19,7 @@ import numpy as np
 
 from prelabel_models.backends import Backend
 from prelabel_models.package import ModelPackageError
+from prelabel_models.postprocessing import MapRequest, SegmentationMaps, maps_of_batch
 from prelabel_proto.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,15 @@ class DeviceFallback:
         # The masks carry the sample axis (features broadcast against them): split those.
         return self._call("head", dropout_mask, lambda masks: (features, masks))
 
+    @property
+    def maps_on_device(self) -> bool:
+        return getattr(self.primary, "maps_on_device", False)
+
+    def run_maps(self, batch: np.ndarray, temperature: float, requests: list[MapRequest]) -> list[SegmentationMaps]:
+        # Split image numbers, so that each half keeps its own images' requests.
+        return self._call("run_maps", np.arange(len(batch)),
+                          lambda rows: (batch[rows], temperature, [requests[row] for row in rows]))
+
     def _call(self, method: str, batch: np.ndarray,
               arguments: Callable[[np.ndarray], tuple[np.ndarray, ...]] = lambda batch: (batch,)):
         failure = ""
@@ -100,7 +110,7 @@ class DeviceFallback:
         fallback = self._fallback_backend(failure)
         self._degraded(f"{failure} on {self.device} even for a single image: running on ONNX Runtime on the CPU "
                        "until the device recovers")
-        return getattr(fallback, method)(*arguments(batch))
+        return _run_on(fallback, method, arguments(batch))
 
     def _fallback_backend(self, failure: str) -> Backend:
         with self._lock:
@@ -127,8 +137,18 @@ class DeviceFallback:
             self._on_recovered()
 
 
+def _run_on(backend: Backend, method: str, arguments: tuple):
+    """``method`` on the CPU fallback, whose maps are derived from its logits on the host."""
+    if method == "run_maps" and not hasattr(backend, "run_maps"):
+        images, temperature, requests = arguments
+        return maps_of_batch(backend.run(images), temperature, requests)
+    return getattr(backend, method)(*arguments)
+
+
 def _concatenate(parts: list):
-    """Joins the halves' outputs: arrays, or tuples of arrays (logits and embeddings)."""
+    """Joins the halves' outputs: arrays, lists (of maps), or tuples of arrays (logits and embeddings)."""
+    if isinstance(parts[0], list):
+        return [item for part in parts for item in part]
     if isinstance(parts[0], tuple):
         return tuple(np.concatenate(items) for items in zip(*parts))
     return np.concatenate(parts)

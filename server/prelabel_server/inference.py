@@ -14,7 +14,7 @@ from prelabel_models.epistemic import MC_MEASURES, SAMPLED_MEASURES
 from prelabel_models.package import ModelPackageError
 from prelabel_models.postprocessing import SegmentationMaps, maps_from_statistics, segment_bands, segment_maps
 from prelabel_proto.errors import FailedPrecondition, InvalidInput
-from prelabel_server.batching import CallerGone
+from prelabel_server.batching import CallerGone, forward
 from prelabel_server.registry import ServedModel
 
 
@@ -67,12 +67,11 @@ def _batched(served: ServedModel, image: np.ndarray, options: MapOptions,
              caller_gone: CallerGone) -> tuple[SegmentationMaps, InferenceInfo]:
     started = time.perf_counter()
     if served.batcher is None:
-        logits, info = served.predictor.logits(image), InferenceInfo()
+        output = forward(served.predictor, [image], [options.measure], [options.keep_probabilities])[0]
     else:
-        batched = served.batcher.submit(image, caller_gone).result()
-        logits, info = batched.logits, InferenceInfo(batch_size=batched.batch_size, queue_ms=batched.queue_ms)
-    info.seconds = time.perf_counter() - started
-    return _maps(served, logits, options), info
+        output = served.batcher.submit(image, caller_gone, options.measure, options.keep_probabilities).result()
+    info = InferenceInfo(seconds=time.perf_counter() - started, batch_size=output.batch_size, queue_ms=output.queue_ms)
+    return (output.maps if output.maps is not None else _maps(served, output.logits, options)), info
 
 
 def _with_embedding(served: ServedModel, image: np.ndarray, options: MapOptions) -> tuple[SegmentationMaps, InferenceInfo]:

@@ -22,6 +22,7 @@ from prelabel_client import PreLabelClient
 from prelabel_models import ModelPackage
 from prelabel_models.backends import create_backend
 from prelabel_models.image_files import list_images, read_rgb
+from prelabel_models.postprocessing import MapRequest, SegmentationMaps, maps_of_batch
 from prelabel_models.predictor import Predictor
 from prelabel_proto.errors import ResourceExhausted
 from prelabel_server.device_fallback import DeviceFallback, is_device_failure
@@ -36,6 +37,7 @@ class DeviceWithRoomFor:
     def __init__(self, backend, room: int) -> None:
         self.backend, self.room, self.calls = backend, room, []
         self.name, self.device = backend.name, "cuda:0"
+        self.maps_on_device = True  # as on a GPU: the server asks it for maps, not logits
 
     def _checked(self, images: int) -> None:
         self.calls.append(images)
@@ -45,6 +47,10 @@ class DeviceWithRoomFor:
     def run(self, batch: np.ndarray) -> np.ndarray:
         self._checked(len(batch))
         return self.backend.run(batch)
+
+    def run_maps(self, batch: np.ndarray, temperature: float, requests: list[MapRequest]) -> list[SegmentationMaps]:
+        self._checked(len(batch))
+        return self.backend.run_maps(batch, temperature, requests)
 
     def head(self, features: np.ndarray, masks: np.ndarray) -> np.ndarray:
         self._checked(len(masks))
@@ -107,6 +113,28 @@ def test_an_image_that_fails_alone_runs_on_the_cpu_and_the_model_reports_it(pack
     device.room = 4  # the device has memory again: the next call runs there and clears the state
     backend.run(batch[:2])
     assert backend.degradation == "" and events.recovered == 1
+
+
+def test_maps_computed_on_the_device_are_split_and_fall_back_too(package, batch):
+    requests = [MapRequest(128, 160, measure, keep) for measure, keep in
+                [("entropy", False), ("margin", True), ("entropy", False), ("least_confidence", False)]]
+    temperature = package.card.temperature
+    reference = maps_of_batch(create_backend("torch", package, device="cpu").run(batch), temperature, requests)
+    device, events = DeviceWithRoomFor(create_backend("torch", package, device="cpu"), room=1), Events()
+    backend = events.fallback(device, package)
+    assert backend.maps_on_device
+    maps = backend.run_maps(batch, temperature, requests)
+    assert device.calls == [4, 2, 1, 1, 2, 1, 1] and events.degraded == []
+    assert [m.probabilities is not None for m in maps] == [False, True, False, False]
+    for got, expected in zip(maps, reference, strict=True):
+        assert np.mean(got.mask == expected.mask) > 0.999  # batch size changes float rounding only
+        assert np.abs(got.uncertainty - expected.uncertainty).max() < 1e-3
+    device.room = 0  # each image alone fails: ONNX Runtime on the CPU answers, maps derived on the host
+    maps = backend.run_maps(batch[2:], temperature, requests[2:])
+    assert device.calls[-3:] == [2, 1, 1] and len(events.degraded) == 2
+    for got, expected in zip(maps, reference[2:], strict=True):
+        assert np.mean(got.mask == expected.mask) > 0.99  # within export parity
+        assert np.abs(got.uncertainty - expected.uncertainty).mean() < 1e-2
 
 
 def test_mc_dropout_samples_are_split_too(tmp_path, camvid_root):

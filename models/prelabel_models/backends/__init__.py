@@ -21,7 +21,12 @@ BACKEND_NAMES = ("auto", *_BACKENDS)
 
 
 class Backend(Protocol):
-    """Runs the network: normalised images (N, C, H, W) float32 → logits (N, classes, H, W) float32."""
+    """Runs the network: normalised images (N, C, H, W) float32 → logits (N, classes, H, W) float32.
+
+    A backend on an accelerator may also turn the logits into maps there: it then has
+    ``maps_on_device = True`` and ``run_maps(batch, temperature, requests) -> list[SegmentationMaps]``
+    (see device_maps). Without them, the caller derives the maps from ``run``'s logits on the host.
+    """
 
     name: str
     device: str

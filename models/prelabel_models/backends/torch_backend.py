@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from prelabel_models.backends.device_maps import batch_maps
 from prelabel_models.network import load_network
 from prelabel_models.package import ModelPackage, ModelPackageError
+from prelabel_models.postprocessing import MapRequest, SegmentationMaps
 
 
 class TorchBackend:
@@ -56,10 +58,21 @@ class TorchBackend:
 
     @torch.inference_mode()
     def run(self, batch: np.ndarray) -> np.ndarray:
+        return _to_host(self._logits(batch))
+
+    @property
+    def maps_on_device(self) -> bool:
+        """On a GPU the maps are computed there (``run_maps``): see device_maps for why."""
+        return self.device.startswith("cuda")
+
+    @torch.inference_mode()
+    def run_maps(self, batch: np.ndarray, temperature: float, requests: list[MapRequest]) -> list[SegmentationMaps]:
+        return batch_maps(self._logits(batch), temperature, requests)
+
+    def _logits(self, batch: np.ndarray) -> torch.Tensor:
         images = self._to_device(batch)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
-            logits = self.network(images)
-        return _to_host(logits)
+            return self.network(images)
 
 
 def _to_host(tensor: torch.Tensor) -> np.ndarray:
