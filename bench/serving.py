@@ -121,7 +121,7 @@ def raw_onnxruntime(package: ModelPackage, images: list[np.ndarray]) -> RawBacke
 
 def normalised(predictor: Predictor, images: list[np.ndarray]) -> np.ndarray:
     """The network inputs of ``images`` as the server makes them (padded, normalised), stacked."""
-    return np.stack([predictor._input(image, predictor.card.output_stride) for image in images])
+    return np.stack([predictor.model_input(image) for image in images])
 
 
 def timed_batches(run: Callable[[np.ndarray], object], inputs: np.ndarray, batch: int) -> Measurement:

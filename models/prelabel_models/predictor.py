@@ -47,31 +47,38 @@ class Predictor:
 
     def logits_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """One forward pass over images that fit untiled; they are padded to a common size."""
-        logits = self.backend.run(self._common_batch(images))
-        return [logits[i, :, : im.shape[0], : im.shape[1]] for i, im in enumerate(images)]
+        return self.logits_of_inputs(self._common_batch(images), [image.shape[:2] for image in images])
+
+    def model_input(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, C) uint8 → (C, H', W') float32, normalised and padded to the network's stride.
+        Inputs of one shape can share a batch. The server's request threads build their own, so
+        that the batcher's one thread only stacks them between forward passes (see batching)."""
+        return normalize(pad_to_multiple(image, self.card.output_stride), self.card.normalization)
+
+    def logits_of_inputs(self, inputs: np.ndarray, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+        """A batch of model inputs → each image's logits, cropped to its (height, width)."""
+        logits = self.backend.run(inputs)
+        return [logits[i, :, :height, :width] for i, (height, width) in enumerate(sizes)]
 
     @property
     def maps_on_device(self) -> bool:
-        """Whether the backend derives the maps itself, on its accelerator (``maps_batch``);
-        otherwise the caller derives them from ``logits_batch`` on the host."""
+        """Whether the backend derives the maps itself, on its accelerator (``maps_of_inputs``);
+        otherwise the caller derives them from ``logits_of_inputs`` on the host."""
         return getattr(self.backend, "maps_on_device", False)
 
-    def maps_batch(self, images: list[np.ndarray], measures: list[str],
-                   keep_probabilities: list[bool]) -> list[SegmentationMaps]:
-        """Like ``logits_batch``, but each image's maps, computed where the logits are."""
-        requests = [MapRequest(image.shape[0], image.shape[1], measure, keep)
-                    for image, measure, keep in zip(images, measures, keep_probabilities, strict=True)]
-        return self.backend.run_maps(self._common_batch(images), self.card.temperature, requests)
+    def maps_of_inputs(self, inputs: np.ndarray, requests: list[MapRequest]) -> list[SegmentationMaps]:
+        """Like ``logits_of_inputs``, but each image's maps, computed where the logits are."""
+        return self.backend.run_maps(inputs, self.card.temperature, requests)
 
     def _common_batch(self, images: list[np.ndarray]) -> np.ndarray:
         height = max(im.shape[0] for im in images)
         width = max(im.shape[1] for im in images)
-        return np.stack([self._input(pad_to_common(im, height, width), self.card.output_stride) for im in images])
+        return np.stack([self.model_input(pad_to_common(im, height, width)) for im in images])
 
     def logits_and_embedding(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits of an untiled image and its embedding (D,), from one forward pass."""
         height, width = image.shape[:2]
-        logits, embedding = self.backend.run_with_embedding(self._input(image, self.card.output_stride)[None])
+        logits, embedding = self.backend.run_with_embedding(self.model_input(image)[None])
         return logits[0, :, :height, :width], embedding[0]
 
     def embedding(self, image: np.ndarray) -> np.ndarray:
@@ -89,7 +96,7 @@ class Predictor:
         once; only the head runs per sample, with explicit dropout masks (same seed, same samples)."""
         if self.card.head_dropout <= 0:
             raise ValueError(f"model {self.card.name!r} has no head dropout (head_dropout = 0): MC dropout needs it")
-        features = self.backend.features(self._input(image, self.card.output_stride)[None])
+        features = self.backend.features(self.model_input(image)[None])
         masks = dropout_masks(samples, features.shape[1:], self.card.head_dropout, seed)
         return self.backend.head(features, masks)
 
@@ -114,9 +121,6 @@ class Predictor:
             for logits in (plain, mirrored[:, :, ::-1]):
                 outputs.append(logits if scale == 1 else _resize_logits(logits, height, width))
         return np.stack(outputs)
-
-    def _input(self, image: np.ndarray, stride: int) -> np.ndarray:
-        return normalize(pad_to_multiple(image, stride), self.card.normalization)
 
     def logit_bands(self, image: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
         """Logits as bands of finished rows, top to bottom: (rows, (classes, band height, W)).

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from prelabel_models.postprocessing import SegmentationMaps
+from prelabel_models.postprocessing import MapRequest, SegmentationMaps
 from prelabel_models.predictor import Predictor
-from prelabel_models.tiling import padded_size
 from prelabel_proto.errors import Cancelled, ModelUnavailable, ResourceExhausted
 from prelabel_server import metrics
 
@@ -47,21 +46,20 @@ class BatchedOutput:
     queue_ms: float = 0.0
 
 
-def forward(predictor: Predictor, images: list[np.ndarray], measures: list[str],
-            keep_probabilities: list[bool]) -> list[BatchedOutput]:
-    """One forward pass over ``images``, with or without a batcher."""
+def forward(predictor: Predictor, inputs: np.ndarray, requests: list[MapRequest]) -> list[BatchedOutput]:
+    """One forward pass over model inputs of one shape (``Predictor.model_input``), with or without
+    a batcher."""
     if predictor.maps_on_device:
-        return [BatchedOutput(None, maps, len(images)) for maps in predictor.maps_batch(images, measures, keep_probabilities)]
-    return [BatchedOutput(logits, None, len(images)) for logits in predictor.logits_batch(images)]
+        return [BatchedOutput(None, maps, len(requests)) for maps in predictor.maps_of_inputs(inputs, requests)]
+    sizes = [(request.height, request.width) for request in requests]
+    return [BatchedOutput(logits, None, len(requests)) for logits in predictor.logits_of_inputs(inputs, sizes)]
 
 
 @dataclass(eq=False)  # identity: a generated __eq__ would compare the images element by element
 class _Pending:
-    image: np.ndarray
-    shape_key: tuple[int, int]  # padded size: only equal keys share a batch
+    model_input: np.ndarray  # only inputs of equal shape share a batch
+    request: MapRequest
     caller_gone: CallerGone
-    measure: str
-    keep_probabilities: bool
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -85,10 +83,12 @@ class DynamicBatcher:
                keep_probabilities: bool = False) -> Future:
         """Queues ``image``; the future resolves to a BatchedOutput (``measure`` and
         ``keep_probabilities`` serve backends that compute maps on their device). Raises
-        ResourceExhausted when full."""
-        stride = self._predictor.card.output_stride
-        key = (padded_size(image.shape[0], stride), padded_size(image.shape[1], stride))
-        pending = _Pending(image, key, caller_gone, measure, keep_probabilities)
+        ResourceExhausted when full. The caller's thread normalises and pads the image first, so
+        an image that cannot be normalised fails here, alone. On an H100 the batcher's thread
+        spent a fifth of its time doing that for whole batches while the GPU waited (stack
+        samples, docs/benchmarks.md)."""
+        request = MapRequest(image.shape[0], image.shape[1], measure, keep_probabilities)
+        pending = _Pending(self._predictor.model_input(image), request, caller_gone)
         with self._wake:
             if self._stopped:
                 raise ModelRetired(f"model {self.name!r} was replaced or is stopping: retry")
@@ -140,7 +140,7 @@ class DynamicBatcher:
             batch = [first]
             flush_at = first.enqueued + self._max_delay
             while len(batch) < self._max_batch:
-                self._take_compatible(batch, first.shape_key)
+                self._take_compatible(batch, first.model_input.shape)
                 remaining = flush_at - time.perf_counter()
                 if len(batch) >= self._max_batch or remaining <= 0:
                     break
@@ -148,12 +148,12 @@ class DynamicBatcher:
             metrics.QUEUE_DEPTH.labels(self.name).set(len(self._queue))
             return batch
 
-    def _take_compatible(self, batch: list[_Pending], key: tuple[int, int]) -> None:
-        """Moves queued requests of padded size ``key`` into ``batch``, keeping the others in order."""
+    def _take_compatible(self, batch: list[_Pending], shape: tuple[int, ...]) -> None:
+        """Moves queued requests whose inputs have ``shape`` into ``batch``, keeping the others in order."""
         kept: deque[_Pending] = deque()
         while self._queue:
             pending = self._queue.popleft()
-            if pending.shape_key == key and len(batch) < self._max_batch:
+            if pending.model_input.shape == shape and len(batch) < self._max_batch:
                 batch.append(pending)
             else:
                 kept.append(pending)
@@ -173,8 +173,7 @@ class DynamicBatcher:
         started = time.perf_counter()
         try:
             with self._model_lock:
-                outputs = forward(self._predictor, [p.image for p in batch], [p.measure for p in batch],
-                                  [p.keep_probabilities for p in batch])
+                outputs = forward(self._predictor, np.stack([p.model_input for p in batch]), [p.request for p in batch])
         except Exception as exc:  # a failed batch fails only its own requests
             log.exception("batch of %d on model %s failed", len(batch), self.name)
             for pending in batch:

@@ -58,10 +58,11 @@ def test_the_real_model_gives_the_same_maps_both_ways(repo_root, camvid_root):
     package = ModelPackage.open(repo_root / "models" / "camvid")
     predictor = Predictor(package.card, TorchBackend(package, device="cpu"))
     frames = [read_rgb(p) for p in list_images(camvid_root / "val")[:2]]
-    images = [frames[0], np.ascontiguousarray(frames[1][:300, :410])]  # two sizes in one padded batch
-    device = predictor.maps_batch(images, ["entropy", "margin"], [False, True])
-    host = maps_of_batch(predictor.backend.run(predictor._common_batch(images)), package.card.temperature,
-                         [MapRequest(360, 480, "entropy"), MapRequest(300, 410, "margin", True)])
-    assert [m.mask.shape for m in device] == [(360, 480), (300, 410)]
+    images = [frames[0], np.ascontiguousarray(frames[1][:355, :470])]  # two sizes, one padded shape
+    inputs = np.stack([predictor.model_input(image) for image in images])
+    requests = [MapRequest(360, 480, "entropy"), MapRequest(355, 470, "margin", keep_probabilities=True)]
+    device = predictor.maps_of_inputs(inputs, requests)
+    host = maps_of_batch(predictor.backend.run(inputs), package.card.temperature, requests)
+    assert [m.mask.shape for m in device] == [(360, 480), (355, 470)]
     for device_maps, host_maps in zip(device, host, strict=True):
         assert_same_maps(device_maps, host_maps)

@@ -80,16 +80,15 @@ def test_a_stream_keeps_the_forward_passes_full(batch_repository, val_images, tm
     assert sizes.count(4) >= 8, f"batch sizes {sizes}: streamed items did not fill the batches"
 
 
-def test_a_failing_batch_fails_only_its_own_requests(batch_repository, val_images):
+def test_a_request_that_cannot_be_normalised_fails_alone(batch_repository, val_images):
     package = ModelPackage.open(batch_repository / MODEL)
     batcher = DynamicBatcher("isolation", Predictor(package.card, create_backend("onnx", package)),
                              max_batch_size=4, max_queue_delay_ms=200, max_queue_size=8)
     try:
-        broken = np.zeros((64, 64, 2), np.uint8)  # two channels: normalisation cannot run on it
-        bad = batcher.submit(broken)
         good = batcher.submit(read_rgb(val_images[0]))
-        with pytest.raises(ValueError):
-            bad.result(timeout=120)
+        broken = np.zeros((360, 480, 2), np.uint8)  # two channels: normalisation cannot run on it
+        with pytest.raises(ValueError, match="height x width x 3"):
+            batcher.submit(broken)  # on the caller's thread, before it could join the batch
         logits = good.result(timeout=120).logits
         assert logits.shape == (package.card.num_classes, 360, 480)
     finally:
@@ -112,6 +111,25 @@ def test_requests_of_another_size_queued_in_between_are_served_too(batch_reposit
         batcher.stop()
     assert [r.logits.shape[1:] for r in results] == sizes
     assert [r.batch_size for r in results] == [3, 2, 3, 2, 3]
+
+
+def test_an_image_gets_the_same_answer_whoever_shares_its_batch(batch_repository, val_images):
+    """Each request pads its own image to the network's stride, so a smaller image batched with a
+    larger one of the same padded size is not padded out to the larger one first."""
+    package = ModelPackage.open(batch_repository / MODEL)
+    predictor = Predictor(package.card, create_backend("onnx", package))
+    batcher = DynamicBatcher("neighbours", predictor, max_batch_size=2, max_queue_delay_ms=5000, max_queue_size=8)
+    frame = read_rgb(val_images[0])
+    smaller = np.ascontiguousarray(read_rgb(val_images[1])[:170, :230])  # padded to 176x240, as the frame
+    try:
+        shared = [batcher.submit(image) for image in (np.ascontiguousarray(frame[:176, :240]), smaller)]
+        results = [future.result(timeout=120) for future in shared]
+    finally:
+        batcher.stop()
+    assert [r.batch_size for r in results] == [2, 2]
+    alone = predictor.logits(smaller)
+    assert results[1].logits.shape == alone.shape == (package.card.num_classes, 170, 230)
+    np.testing.assert_allclose(results[1].logits, alone, atol=1e-3)
 
 
 def test_an_error_outside_the_network_fails_its_batch_and_the_model_goes_on(batch_repository, val_images):

@@ -72,7 +72,7 @@ def large_batch(package: ModelPackage, camvid_val_images: list[Path]) -> np.ndar
     """Four real frames at twice CamVid's size (720x960): each takes hundreds of MB on the device."""
     predictor = Predictor(package.card, create_backend("onnx", package, device="cpu"))
     images = [cv2.resize(read_rgb(p), (960, 720)) for p in camvid_val_images[:4]]
-    return np.stack([predictor._input(image, package.card.output_stride) for image in images])
+    return np.stack([predictor.model_input(image) for image in images])
 
 
 def test_fp16_on_the_gpu_agrees_with_onnx_runtime_on_the_cpu(repo_root: Path, camvid_val_images: list[Path]):

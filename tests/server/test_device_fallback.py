@@ -83,7 +83,7 @@ def package(model_repository: Path) -> ModelPackage:
 def batch(package: ModelPackage, camvid_root: Path) -> np.ndarray:
     predictor = Predictor(package.card, create_backend("torch", package, device="cpu"))
     images = [read_rgb(p)[:128, :160] for p in list_images(camvid_root / "val")[:4]]
-    return np.stack([predictor._input(image, package.card.output_stride) for image in images])
+    return np.stack([predictor.model_input(image) for image in images])
 
 
 def test_device_failures_are_told_from_other_errors():
