@@ -478,15 +478,20 @@ def cuda_section(package: ModelPackage, images: list[np.ndarray], payloads: list
         repository = Path(scratch)
         package.copy_to(repository / package.card.name, max_batch_size=CUDA_MAX_BATCH)
         env = {"PRELABEL_BACKEND": "torch", "PRELABEL_DEVICE": CUDA_DEVICE, "PRELABEL_FP16": "true", **CUDA_THREADS}
-        with ServerProcess(repository, **env) as server, ServerProcess(repository, PRELABEL_BATCHING="false", **env) as unbatched:
+        with (ServerProcess(repository, **env) as server,
+              ServerProcess(repository, PRELABEL_BATCHING="false", **env) as unbatched,
+              ServerProcess(repository, PRELABEL_DEVICE_MAPS="false", **env) as host_maps):
             address = server.address
             on = {c: Spec(f"cuda: prelabel Predict, concurrency {c}", lambda c=c: unary(address, payloads, c, connections=4))
                   for c in (1, 4, 16, 64)}
             off = {c: Spec(f"cuda: batching off, Predict concurrency {c}",
                            lambda c=c: unary(unbatched.address, payloads, c, connections=4),
                            "one request at a time per thread", unbatched) for c in (16, 64)}
+            maps_on_host = Spec("cuda: maps on the host, Predict conc. 64",
+                                lambda: unary(host_maps.address, payloads, 64, connections=4),
+                                "PRELABEL_DEVICE_MAPS=false: logits copied back", host_maps)
             # each pair to compare runs back to back within a round
-            rows += interleaved(server, [on[1], on[4], on[16], off[16], on[64], off[64],
+            rows += interleaved(server, [on[1], on[4], on[16], off[16], on[64], off[64], maps_on_host,
                                          Spec("cuda: prelabel PredictStream, window 64", lambda: stream(address, payloads, 64))],
                                 reference, repeats)
         rows += cuda_processes(repository, payloads, reference, repeats, env)
@@ -604,6 +609,11 @@ def check_cuda_targets(rows: dict[str, Row]) -> list[dict]:
         verdicts.append({"target": f"cuda: batching on beats batching off at concurrency {c}",
                          "measured": f"{paired_gain_text(gains)}; {on.images_per_s:.1f} vs {off.images_per_s:.1f} img/s",
                          "met": float(np.median(gains)) > 1})
+    on_device, on_host = rows["cuda: prelabel Predict, concurrency 64"], rows["cuda: maps on the host, Predict conc. 64"]
+    gains = paired_gains(on_device, on_host)
+    verdicts.append({"target": "cuda: maps on the GPU beat maps on the host at concurrency 64 (a design check)",
+                     "measured": f"{paired_gain_text(gains)}; {on_device.images_per_s:.1f} vs {on_host.images_per_s:.1f} img/s",
+                     "met": float(np.median(gains)) > 1})
     return verdicts
 
 

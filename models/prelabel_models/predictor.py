@@ -21,12 +21,14 @@ TTA_SCALES = (0.75, 1.0, 1.25)
 
 
 class Predictor:
-    """Runs one model on whole images. ``tile_batch`` tiles go through the network at once."""
+    """Runs one model on whole images. ``tile_batch`` tiles go through the network at once;
+    ``device_maps`` lets a backend on an accelerator derive the maps there (``maps_on_device``)."""
 
-    def __init__(self, card: ModelCard, backend: Backend, tile_batch: int = 4) -> None:
+    def __init__(self, card: ModelCard, backend: Backend, tile_batch: int = 4, device_maps: bool = True) -> None:
         self.card = card
         self.backend = backend
         self.tile_batch = tile_batch
+        self.device_maps = device_maps
 
     def needs_tiling(self, height: int, width: int) -> bool:
         return max(height, width) > self.card.tile_size
@@ -64,7 +66,7 @@ class Predictor:
     def maps_on_device(self) -> bool:
         """Whether the backend derives the maps itself, on its accelerator (``maps_of_inputs``);
         otherwise the caller derives them from ``logits_of_inputs`` on the host."""
-        return getattr(self.backend, "maps_on_device", False)
+        return self.device_maps and getattr(self.backend, "maps_on_device", False)
 
     def maps_of_inputs(self, inputs: np.ndarray, requests: list[MapRequest]) -> list[SegmentationMaps]:
         """Like ``logits_of_inputs``, but each image's maps, computed where the logits are."""

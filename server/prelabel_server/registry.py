@@ -81,7 +81,8 @@ class ModelRegistry:
                                      **self._backend_options())
             if backend.device.startswith("cuda"):
                 backend = self.with_cpu_fallback(served, backend, package)
-            served.predictor = Predictor(package.card, backend, tile_batch=self._settings.tile_batch)
+            served.predictor = Predictor(package.card, backend, tile_batch=self._settings.tile_batch,
+                                         device_maps=self._settings.device_maps)
             if self._settings.batching:
                 served.batcher = DynamicBatcher(served.name, served.predictor, package.card.max_batch_size,
                                                 package.card.max_queue_delay_ms, self._settings.max_queue_size)

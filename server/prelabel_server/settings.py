@@ -28,6 +28,9 @@ class ServerSettings(BaseSettings):
     backend: str = Field(default="auto", description="auto (torch on a GPU, onnx on the CPU), torch or onnx.")
     device: str = Field(default="", description="Device override, e.g. cpu, cuda:0; empty: the backend's choice.")
     fp16: bool = Field(default=False, description="fp16 autocast for the torch backend on CUDA.")
+    device_maps: bool = Field(default=True, description=(
+        "On a GPU, turn the logits into the mask, confidence and uncertainty there and copy only those "
+        "back; off: copy the logits and derive the maps on the host, as on the CPU (less GPU memory)."))
     inference_threads: int = Field(default=0, ge=0, description="Intra-op threads per model; 0: the runtime's default.")
     onnx_spin_wait: bool = Field(default=True, description=(
         "Let ONNX Runtime's intra-op threads spin between operators (never after a run returns). "

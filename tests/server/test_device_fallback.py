@@ -35,7 +35,7 @@ class DeviceWithRoomFor:
     """A torch backend whose "device" holds ``room`` images; larger calls raise CUDA's OOM error."""
 
     def __init__(self, backend, room: int) -> None:
-        self.backend, self.room, self.calls = backend, room, []
+        self.backend, self.room, self.calls, self.methods = backend, room, [], []
         self.name, self.device = backend.name, "cuda:0"
         self.maps_on_device = True  # as on a GPU: the server asks it for maps, not logits
 
@@ -46,10 +46,12 @@ class DeviceWithRoomFor:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         self._checked(len(batch))
+        self.methods.append("run")
         return self.backend.run(batch)
 
     def run_maps(self, batch: np.ndarray, temperature: float, requests: list[MapRequest]) -> list[SegmentationMaps]:
         self._checked(len(batch))
+        self.methods.append("run_maps")
         return self.backend.run_maps(batch, temperature, requests)
 
     def head(self, features: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -195,3 +197,21 @@ def test_the_server_reports_degradation_in_model_info_health_and_metrics(model_r
             assert REGISTRY.get_sample_value("prelabel_model_degraded", {"model": "deeplab"}) == 0.0
     finally:
         running.stop(grace=0)
+
+
+def test_the_server_asks_a_device_for_maps_unless_told_not_to(model_repository, small_camvid_png):
+    answers = {}
+    for device_maps in (True, False):
+        running = start_server(ServerSettings(host="127.0.0.1", port=0, model_repository=model_repository,
+                                              backend="torch", device="cpu", device_maps=device_maps))
+        try:
+            served = running.engine.registry.get("deeplab")
+            device = served.predictor.backend = DeviceWithRoomFor(served.predictor.backend, room=8)
+            with PreLabelClient(running.address, timeout=120) as client:
+                answers[device_maps] = client.predict(small_camvid_png, model="deeplab", outputs=("mask", "uncertainty"))
+            assert device.methods == (["run_maps"] if device_maps else ["run"])
+        finally:
+            running.stop(grace=0)
+    on_device, on_host = answers[True], answers[False]
+    assert np.mean(on_device.mask == on_host.mask) > 0.999
+    assert np.abs(on_device.uncertainty - on_host.uncertainty).max() <= 1 / 255 + 1e-6  # 8-bit PNG steps
