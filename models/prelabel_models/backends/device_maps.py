@@ -26,24 +26,39 @@ def batch_maps(logits: torch.Tensor, temperature: float, requests: list[MapReque
     (``requests[i]`` names image i's size, measure and whether its probabilities are wanted)."""
     shifted = logits.float() / temperature
     shifted -= shifted.amax(dim=1, keepdim=True)
-    mask = shifted.argmax(dim=1).to(torch.uint8)  # the first of tied classes, as on the host
+    classes = shifted.shape[1]
+    mask = shifted.argmax(dim=1).to(torch.uint8 if classes <= 256 else torch.int32)  # first of tied classes, as on the host
     exponentials = shifted.exp()
     total = exponentials.sum(dim=1)
     confidence = total.reciprocal()
+    uncertainty = _uncertainty(shifted, exponentials, total, confidence, [request.measure for request in requests])
+    return _cropped_on_host(requests, mask, confidence, uncertainty, exponentials)
+
+
+def _uncertainty(shifted: torch.Tensor, exponentials: torch.Tensor, total: torch.Tensor, confidence: torch.Tensor,
+                 measures: list[str]) -> torch.Tensor:
+    """Each image's map by its own measure, each measure computed once over the images that ask for it."""
     uncertainty = torch.empty_like(confidence)
-    for measure in dict.fromkeys(request.measure for request in requests):
-        images = [i for i, request in enumerate(requests) if request.measure == measure]
-        rows = slice(None) if len(images) == len(requests) else images
+    for measure in dict.fromkeys(measures):
+        images = [i for i, name in enumerate(measures) if name == measure]
+        rows = slice(None) if len(images) == len(measures) else images
         uncertainty[rows] = _MEASURES[measure](shifted[rows], exponentials[rows], total[rows], confidence[rows])
-    uncertainty.clamp_(0.0, 1.0)
+    return uncertainty.clamp_(0.0, 1.0)
+
+
+def _cropped_on_host(requests: list[MapRequest], mask: torch.Tensor, confidence: torch.Tensor,
+                     uncertainty: torch.Tensor, exponentials: torch.Tensor) -> list[SegmentationMaps]:
+    """Every image's maps cropped to its size, copied to the host with one wait for all the copies."""
     copies = []
     for i, request in enumerate(requests):
-        size = (slice(0, request.height), slice(0, request.width))
-        probabilities = (exponentials[i][:, size[0], size[1]] * confidence[i][size]).half() if request.keep_probabilities else None
+        rows, columns = slice(0, request.height), slice(0, request.width)
+        probabilities = ((exponentials[i][:, rows, columns] * confidence[i][rows, columns]).half()
+                         if request.keep_probabilities else None)
         copies.append([_pinned_copy(t) if t is not None else None
-                       for t in (mask[i][size], confidence[i][size], uncertainty[i][size], probabilities)])
-    if logits.device.type == "cuda":
-        torch.cuda.current_stream(logits.device).synchronize()  # the copies above were queued, not waited for
+                       for t in (mask[i][rows, columns], confidence[i][rows, columns], uncertainty[i][rows, columns],
+                                 probabilities)])
+    if mask.device.type == "cuda":
+        torch.cuda.current_stream(mask.device).synchronize()  # the copies above were queued, not waited for
     return [SegmentationMaps(*(t.numpy() if t is not None else None for t in tensors)) for tensors in copies]
 
 
