@@ -201,17 +201,19 @@ def test_the_server_reports_degradation_in_model_info_health_and_metrics(model_r
 
 def test_the_server_asks_a_device_for_maps_unless_told_not_to(model_repository, small_camvid_png):
     answers = {}
-    for device_maps in (True, False):
-        running = start_server(ServerSettings(host="127.0.0.1", port=0, model_repository=model_repository,
-                                              backend="torch", device="cpu", device_maps=device_maps))
+    for device_maps, batching in ((True, True), (True, False), (False, True)):
+        running = start_server(ServerSettings(host="127.0.0.1", port=0, model_repository=model_repository, backend="torch",
+                                              device="cpu", device_maps=device_maps, batching=batching))
         try:
             served = running.engine.registry.get("deeplab")
             device = served.predictor.backend = DeviceWithRoomFor(served.predictor.backend, room=8)
             with PreLabelClient(running.address, timeout=120) as client:
-                answers[device_maps] = client.predict(small_camvid_png, model="deeplab", outputs=("mask", "uncertainty"))
+                answers[device_maps, batching] = client.predict(small_camvid_png, model="deeplab",
+                                                                outputs=("mask", "uncertainty"))
             assert device.methods == (["run_maps"] if device_maps else ["run"])
         finally:
             running.stop(grace=0)
-    on_device, on_host = answers[True], answers[False]
-    assert np.mean(on_device.mask == on_host.mask) > 0.999
-    assert np.abs(on_device.uncertainty - on_host.uncertainty).max() <= 1 / 255 + 1e-6  # 8-bit PNG steps
+    reference = answers[False, True]  # logits copied back, maps on the host
+    for answer in (answers[True, True], answers[True, False]):
+        assert np.mean(answer.mask == reference.mask) > 0.999
+        assert np.abs(answer.uncertainty - reference.uncertainty).max() <= 1 / 255 + 1e-6  # 8-bit PNG steps
