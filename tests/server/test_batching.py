@@ -95,6 +95,39 @@ def test_a_request_that_cannot_be_normalised_fails_alone(batch_repository, val_i
         batcher.stop()
 
 
+class FailsOnBatchesOf:
+    """The real ONNX Runtime backend, except that a forward pass over ``size`` images fails."""
+
+    def __init__(self, backend, size: int) -> None:
+        self.backend, self.size = backend, size
+        self.name, self.device = backend.name, backend.device
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) == self.size:
+            raise RuntimeError(f"forward pass over {len(batch)} images failed")
+        return self.backend.run(batch)
+
+
+def test_a_failing_forward_pass_fails_only_its_own_batch(batch_repository, val_images):
+    package = ModelPackage.open(batch_repository / MODEL)
+    backend = FailsOnBatchesOf(create_backend("onnx", package), size=2)
+    batcher = DynamicBatcher("isolation", Predictor(package.card, backend),
+                             max_batch_size=2, max_queue_delay_ms=2000, max_queue_size=8)
+    frame = read_rgb(val_images[0])
+    try:
+        doomed = [batcher.submit(np.ascontiguousarray(frame[:176, :240])) for _ in range(2)]  # one batch of 2
+        other_size = batcher.submit(np.ascontiguousarray(frame[:200, :240]))  # queued meanwhile: its own batch
+        for future in doomed:
+            with pytest.raises(RuntimeError, match="over 2 images failed"):
+                future.result(timeout=120)
+        served = other_size.result(timeout=120)
+        later = batcher.submit(frame).result(timeout=120)
+    finally:
+        batcher.stop()
+    assert served.batch_size == 1 and served.logits.shape == (package.card.num_classes, 200, 240)
+    assert later.logits.shape == (package.card.num_classes, 360, 480)
+
+
 def test_requests_of_another_size_queued_in_between_are_served_too(batch_repository, val_images):
     """A batch takes the queued requests of its padded size from behind one of another size: every
     request is answered (a batcher that compared queued images element by element died here and
