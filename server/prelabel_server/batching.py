@@ -42,8 +42,14 @@ class BatchedOutput:
 
     logits: np.ndarray | None
     maps: SegmentationMaps | None
-    batch_size: int = 1
-    queue_ms: float = 0.0
+    batch_size: int
+    queue_ms: float = 0.0  # set by the batcher
+
+
+def prepare(predictor: Predictor, image: np.ndarray, measure: str, keep_probabilities: bool) -> tuple[np.ndarray, MapRequest]:
+    """What one image brings to a forward pass: its model input, built on the caller's thread, and
+    what its maps need."""
+    return predictor.model_input(image), MapRequest(image.shape[0], image.shape[1], measure, keep_probabilities)
 
 
 def forward(predictor: Predictor, inputs: np.ndarray, requests: list[MapRequest]) -> list[BatchedOutput]:
@@ -87,8 +93,7 @@ class DynamicBatcher:
         an image that cannot be normalised fails here, alone. On an H100 the batcher's thread
         spent a fifth of its time doing that for whole batches while the GPU waited (stack
         samples, docs/benchmarks.md)."""
-        request = MapRequest(image.shape[0], image.shape[1], measure, keep_probabilities)
-        pending = _Pending(self._predictor.model_input(image), request, caller_gone)
+        pending = _Pending(*prepare(self._predictor, image, measure, keep_probabilities), caller_gone)
         with self._wake:
             if self._stopped:
                 raise ModelRetired(f"model {self.name!r} was replaced or is stopping: retry")

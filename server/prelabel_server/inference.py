@@ -12,9 +12,9 @@ import numpy as np
 
 from prelabel_models.epistemic import MC_MEASURES, SAMPLED_MEASURES
 from prelabel_models.package import ModelPackageError
-from prelabel_models.postprocessing import MapRequest, SegmentationMaps, maps_from_statistics, segment_bands, segment_maps
+from prelabel_models.postprocessing import SegmentationMaps, maps_from_statistics, segment_bands, segment_maps
 from prelabel_proto.errors import FailedPrecondition, InvalidInput
-from prelabel_server.batching import CallerGone, forward
+from prelabel_server.batching import CallerGone, forward, prepare
 from prelabel_server.registry import ServedModel
 
 
@@ -67,8 +67,8 @@ def _batched(served: ServedModel, image: np.ndarray, options: MapOptions,
              caller_gone: CallerGone) -> tuple[SegmentationMaps, InferenceInfo]:
     started = time.perf_counter()
     if served.batcher is None:
-        request = MapRequest(image.shape[0], image.shape[1], options.measure, options.keep_probabilities)
-        output = forward(served.predictor, served.predictor.model_input(image)[None], [request])[0]
+        model_input, request = prepare(served.predictor, image, options.measure, options.keep_probabilities)
+        output = forward(served.predictor, model_input[None], [request])[0]
     else:
         output = served.batcher.submit(image, caller_gone, options.measure, options.keep_probabilities).result()
     info = InferenceInfo(seconds=time.perf_counter() - started, batch_size=output.batch_size, queue_ms=output.queue_ms)
