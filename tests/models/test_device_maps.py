@@ -13,11 +13,11 @@ from prelabel_models import ModelPackage
 from prelabel_models.backends.device_maps import batch_maps
 from prelabel_models.backends.torch_backend import TorchBackend
 from prelabel_models.image_files import list_images, read_rgb
-from prelabel_models.postprocessing import MapRequest, maps_of_batch
+from prelabel_models.postprocessing import ClassSums, MapRequest, class_sums, maps_of_batch, summarize
 from prelabel_models.predictor import Predictor
 
 
-def assert_same_maps(device, host) -> None:
+def assert_same_maps(device, host, classes: int = 11) -> None:
     assert device.mask.dtype == np.uint8 and device.mask.shape == host.mask.shape
     np.testing.assert_array_equal(device.mask, host.mask)
     np.testing.assert_allclose(device.confidence, host.confidence, atol=2e-6)
@@ -27,6 +27,11 @@ def assert_same_maps(device, host) -> None:
     else:
         assert device.probabilities.dtype == np.float16
         np.testing.assert_allclose(device.probabilities.astype(np.float32), host.probabilities.astype(np.float32), atol=1e-3)
+    assert host.class_sums is None, "the host leaves the class sums to the summary"
+    expected = class_sums(host, classes)
+    np.testing.assert_array_equal(device.class_sums.counts, expected.counts)
+    np.testing.assert_allclose(device.class_sums.confidence_sums, expected.confidence_sums, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(device.class_sums.uncertainty_sums, expected.uncertainty_sums, rtol=1e-5, atol=1e-4)
 
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
@@ -66,3 +71,18 @@ def test_the_real_model_gives_the_same_maps_both_ways(repo_root, camvid_root):
     assert [m.mask.shape for m in device] == [(360, 480), (355, 470)]
     for device_maps, host_maps in zip(device, host, strict=True):
         assert_same_maps(device_maps, host_maps)
+
+
+def test_the_summary_takes_the_class_sums_the_device_computed():
+    logits = np.random.default_rng(5).standard_normal((1, 11, 40, 50)).astype(np.float32) * 3
+    requests = [MapRequest(40, 50, "entropy")]
+    device = batch_maps(torch.from_numpy(logits), 1.0, requests)[0]
+    host = maps_of_batch(logits, 1.0, requests)[0]
+    on_device, on_host = summarize(device, 11), summarize(host, 11)
+    assert on_device.mean_uncertainty == pytest.approx(on_host.mean_uncertainty, abs=1e-6)
+    for mine, theirs in zip(on_device.classes, on_host.classes, strict=True):
+        assert mine.pixel_fraction == theirs.pixel_fraction
+        assert mine.mean_confidence == pytest.approx(theirs.mean_confidence, abs=1e-5)
+        assert mine.mean_uncertainty == pytest.approx(theirs.mean_uncertainty, abs=1e-5)
+    device.class_sums = ClassSums(np.full(11, 200), np.full(11, 100.0), np.full(11, 50.0))
+    assert [c.mean_confidence for c in summarize(device, 11).classes] == [0.5] * 11

@@ -6,7 +6,8 @@ network alone ran 1343. Each image's float32 logits (7.6 MB at 360x480 with 11 c
 the bus and then went through about sixty numpy operations on the host, each of which gives up and
 takes back the GIL; with 16 cores and dozens of requests in flight the threads spent their time
 waiting for the GIL (docs/benchmarks.md). Here the whole batch takes a dozen kernels, and only
-the uint8 mask and two float32 maps per pixel come back (9 bytes per pixel instead of 44).
+the uint8 mask and two float32 maps per pixel come back (9 bytes per pixel instead of 44), with
+each image's per-class sums for its summary (``np.bincount`` would hold the GIL for them).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
-from prelabel_models.postprocessing import MapRequest, SegmentationMaps
+from prelabel_models.postprocessing import ClassSums, MapRequest, SegmentationMaps
 
 _DeviceMeasure = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -48,18 +50,35 @@ def _uncertainty(shifted: torch.Tensor, exponentials: torch.Tensor, total: torch
 
 def _cropped_on_host(requests: list[MapRequest], mask: torch.Tensor, confidence: torch.Tensor,
                      uncertainty: torch.Tensor, exponentials: torch.Tensor) -> list[SegmentationMaps]:
-    """Every image's maps cropped to its size, copied to the host with one wait for all the copies."""
+    """Every image's maps and class sums, cropped to its size, copied to the host with one wait
+    for all the copies."""
+    classes = exponentials.shape[1]
     copies = []
     for i, request in enumerate(requests):
         rows, columns = slice(0, request.height), slice(0, request.width)
+        image_maps = mask[i][rows, columns], confidence[i][rows, columns], uncertainty[i][rows, columns]
         probabilities = ((exponentials[i][:, rows, columns] * confidence[i][rows, columns]).half()
                          if request.keep_probabilities else None)
         copies.append([_pinned_copy(t) if t is not None else None
-                       for t in (mask[i][rows, columns], confidence[i][rows, columns], uncertainty[i][rows, columns],
-                                 probabilities)])
+                       for t in (*image_maps, probabilities, _class_sums(*image_maps, classes))])
     if mask.device.type == "cuda":
         torch.cuda.current_stream(mask.device).synchronize()  # the copies above were queued, not waited for
-    return [SegmentationMaps(*(t.numpy() if t is not None else None for t in tensors)) for tensors in copies]
+    return [_on_host(*tensors) for tensors in copies]
+
+
+def _class_sums(mask: torch.Tensor, confidence: torch.Tensor, uncertainty: torch.Tensor, classes: int) -> torch.Tensor:
+    """(3, classes) float64: pixels, confidence sum and uncertainty sum per class, in one kernel."""
+    weights = torch.stack((torch.ones_like(confidence), confidence, uncertainty)).reshape(3, -1).double()
+    sums = torch.zeros(3, classes, dtype=torch.float64, device=mask.device)
+    return sums.index_add_(1, mask.reshape(-1).long(), weights)
+
+
+def _on_host(mask: torch.Tensor, confidence: torch.Tensor, uncertainty: torch.Tensor,
+             probabilities: torch.Tensor | None, sums: torch.Tensor) -> SegmentationMaps:
+    counts, confidence_sums, uncertainty_sums = sums.numpy()
+    return SegmentationMaps(mask.numpy(), confidence.numpy(), uncertainty.numpy(),
+                            probabilities.numpy() if probabilities is not None else None,
+                            ClassSums(counts.astype(np.int64), confidence_sums, uncertainty_sums))
 
 
 def _pinned_copy(tensor: torch.Tensor) -> torch.Tensor:
