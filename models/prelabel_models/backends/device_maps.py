@@ -79,8 +79,8 @@ def _class_sums(mask: torch.Tensor, confidence: torch.Tensor, uncertainty: torch
     over its own pixels only (not the batch's padding), in one scatter for the whole batch."""
     count, height, width = mask.shape
     device = mask.device
-    heights = torch.tensor([r.height for r in requests], device=device)[:, None, None]
-    widths = torch.tensor([r.width for r in requests], device=device)[:, None, None]
+    sizes = _to_device(torch.tensor([(r.height, r.width) for r in requests]), device)
+    heights, widths = sizes[:, 0, None, None], sizes[:, 1, None, None]
     inside = (torch.arange(height, device=device)[None, :, None] < heights) & \
              (torch.arange(width, device=device)[None, None, :] < widths)
     weights = torch.stack((inside, confidence * inside, uncertainty * inside)).double()  # (3, N, H, W)
@@ -88,6 +88,14 @@ def _class_sums(mask: torch.Tensor, confidence: torch.Tensor, uncertainty: torch
     sums = torch.zeros(3, count * classes, dtype=torch.float64, device=device)
     sums.index_add_(1, index.reshape(-1), weights.reshape(3, -1))
     return sums.reshape(3, count, classes).transpose(0, 1)
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor queued behind the forward pass: a copy from pageable memory would make
+    this thread wait for the whole pass before it could queue the kernels after it."""
+    if device.type == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _pinned_copy(tensor: torch.Tensor) -> torch.Tensor:
