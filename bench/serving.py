@@ -44,6 +44,10 @@ from prelabel_models.image_files import list_images, read_rgb  # noqa: E402
 from prelabel_models.predictor import Predictor  # noqa: E402
 
 CAMVID_VAL = ROOT.parent / "shared" / "data" / "camvid" / "val"
+# Raw pixels in, raw maps out: the client sends decoded arrays (decoded before the clock starts, as
+# a pipeline holding images in memory would) and takes the mask and uncertainty without PNG.
+RAW_IO = {"mask_format": "raw_uint8", "uncertainty_format": "raw_float16"}
+RAW_IO_NOTE = "client sends pixels, takes raw maps: no codec on the server"
 PAIRED_RAW_BATCH_1 = "raw onnxruntime, batch 1, beside conc. 1"  # the latency target's yardstick
 CUDA_DEVICE = "cuda:0"
 CUDA_BATCH_SIZES = (1, 4, 8, 16, 32)
@@ -265,11 +269,11 @@ def unary(address: str, payloads: list[bytes], concurrency: int, connections: in
             client.close()
 
 
-def stream(address: str, payloads: list[bytes], window: int) -> Measurement:
+def stream(address: str, payloads: list[bytes], window: int, **options: object) -> Measurement:
     """Latencies are the server's own (``total``): a streamed item's round trip is not observable."""
     with PreLabelClient(address, timeout=300) as client:
         started = time.perf_counter()
-        stages = [p.timings_ms for p in client.predict_many(payloads, window=window)]
+        stages = [p.timings_ms for p in client.predict_many(payloads, window=window, **options)]
         return Measurement([stage["total"] / 1000 for stage in stages], time.perf_counter() - started, stages)
 
 
@@ -414,7 +418,9 @@ def cpu_section(package: ModelPackage, repository: Path, images: list[np.ndarray
         # each pair to compare runs back to back within a round
         rows += interleaved(server, [raw_beside_c1, batched_specs[1], unbatched_specs[1], batched_specs[4], batched_specs[16],
                                      unbatched_specs[16],
-                                     Spec("prelabel PredictStream, window 16", lambda: stream(address, payloads, 16))],
+                                     Spec("prelabel PredictStream, window 16", lambda: stream(address, payloads, 16)),
+                                     Spec("PredictStream, window 16, raw in and out", lambda: stream(address, images, 16, **RAW_IO),
+                                          RAW_IO_NOTE)],
                             reference, repeats)
         rows += interleaved(server, [
             Spec(f"Predict concurrency 4, {'mask only' if outputs == ('mask',) else 'mask + ' + measure}",
@@ -446,7 +452,7 @@ def cpu_section(package: ModelPackage, repository: Path, images: list[np.ndarray
         photo = large_photo(images[0])
         rows += interleaved(server, [Spec("4000x3000 photo (tiled), Predict", lambda: unary(server.address, [photo] * 3, 1),
                                           "latency per photo")], reference, 1)
-    rows += host_only(package, payloads * 4, reference, repeats, 16)
+    rows += host_only(package, payloads * 4, images * 4, reference, repeats, 16)
     return rows, startup, limit
 
 
@@ -461,7 +467,7 @@ def cuda_section(package: ModelPackage, images: list[np.ndarray], payloads: list
     backends = {fp16: create_backend("torch", package, device=CUDA_DEVICE, fp16=fp16) for fp16 in (False, True)}
     predictor = Predictor(package.card, backends[False])
     inputs = normalised(predictor, images * CUDA_PASSES)
-    payloads = payloads * CUDA_PASSES
+    payloads, images = payloads * CUDA_PASSES, images * CUDA_PASSES
     rows, runtimes = [], {}
     for fp16 in (False, True):
         runtimes[fp16] = RawBackend(backends[fp16], inputs, CUDA_BATCH_SIZES)
@@ -492,7 +498,9 @@ def cuda_section(package: ModelPackage, images: list[np.ndarray], payloads: list
                                 "PRELABEL_DEVICE_MAPS=false: logits copied back", host_maps)
             # each pair to compare runs back to back within a round
             rows += interleaved(server, [on[1], on[4], on[16], off[16], on[64], off[64], maps_on_host,
-                                         Spec("cuda: prelabel PredictStream, window 64", lambda: stream(address, payloads, 64))],
+                                         Spec("cuda: prelabel PredictStream, window 64", lambda: stream(address, payloads, 64)),
+                                         Spec("cuda: PredictStream, window 64, raw in and out",
+                                              lambda: stream(address, images, 64, **RAW_IO), RAW_IO_NOTE)],
                                 reference, repeats)
         rows += cuda_processes(repository, payloads, reference, repeats, env)
     return rows, limit, notes
@@ -512,8 +520,8 @@ def cuda_processes(repository: Path, payloads: list[bytes], reference: Callable[
     return rows
 
 
-def host_only(package: ModelPackage, payloads: list[bytes], reference: Callable[[], Measurement], repeats: int,
-              concurrency: int) -> list[Row]:
+def host_only(package: ModelPackage, payloads: list[bytes], images: list[np.ndarray],
+              reference: Callable[[], Measurement], repeats: int, concurrency: int) -> list[Row]:
     """The server with the network swapped for a pointwise one on ONNX Runtime
     (``write_pointwise_network``): decoding, batching, maps, summary, encoding and gRPC at the same
     image size, with almost no inference. Its throughput is the most this host lets the CPU path
@@ -529,6 +537,8 @@ def host_only(package: ModelPackage, payloads: list[bytes], reference: Callable[
                      lambda: unary(address, payloads, concurrency, connections=4), "the network's cost removed"),
                 Spec(f"host only (1x1 conv), PredictStream, window {concurrency}",
                      lambda: stream(address, payloads, concurrency), "the network's cost removed"),
+                Spec(f"host only (1x1 conv), stream {concurrency}, raw in and out",
+                     lambda: stream(address, images, concurrency, **RAW_IO), RAW_IO_NOTE),
             ], reference, repeats)
 
 
