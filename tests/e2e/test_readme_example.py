@@ -11,15 +11,25 @@ from prelabel_server.grpc_api.server import RunningServer
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def test_readme_client_example_runs(onnx_server: RunningServer, capsys) -> None:
-    example = re.search(r"### Python client\s+```python\n(.*?)```", README.read_text(), re.S).group(1)
+def run_example(after: str, server: RunningServer) -> None:
+    """Runs README's first Python block after the text ``after`` against ``server``."""
+    example = re.search(re.escape(after) + r".*?```python\n(.*?)```", README.read_text(), re.S).group(1)
     assert "127.0.0.1:50051" in example
-    code = compile(example.replace("127.0.0.1:50051", onnx_server.address), str(README), "exec")
+    code = compile(example.replace("127.0.0.1:50051", server.address), str(README), "exec")
     cwd = os.getcwd()
-    os.chdir(README.parent)  # the example names the bundled samples by relative path
+    os.chdir(README.parent)  # the examples name the bundled samples by relative path
     try:
         exec(code, {"__name__": "readme_example"})
     finally:
         os.chdir(cwd)
+
+
+def test_readme_client_example_runs(onnx_server: RunningServer, capsys) -> None:
+    run_example("### Python client", onnx_server)
     printed = capsys.readouterr().out
     assert "(360, 480) uint8" in printed and "(11, 360, 480)" in printed
+
+
+def test_readme_raw_pixels_example_runs(onnx_server: RunningServer, capsys) -> None:
+    run_example("send `raw` pixels and ask for raw maps", onnx_server)
+    assert capsys.readouterr().out.startswith("(360, 480) ")

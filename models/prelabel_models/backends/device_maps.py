@@ -53,7 +53,7 @@ def _cropped_on_host(requests: list[MapRequest], mask: torch.Tensor, confidence:
     """Every image's maps and class sums on the host, cropped to its size.
 
     The batch crosses the bus whole, in four copies and one wait, and is cut into images on the
-    host as numpy views. Copying image by image took about fifteen torch calls per image, and the
+    host as numpy views. Copying image by image took about 18 torch calls per image, and the
     batcher's thread gives up the GIL on each one and must win it back from the request threads."""
     classes = exponentials.shape[1]
     sums = _class_sums(mask, confidence, uncertainty, requests, classes)
