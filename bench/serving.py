@@ -245,8 +245,10 @@ class ServerProcess:
 
 def unary(address: str, payloads: list[bytes], concurrency: int, connections: int = 1,
           **options: object) -> Measurement:
-    """``concurrency`` callers over ``connections`` separate connections (several are needed to
-    reach more than one server process behind SO_REUSEPORT)."""
+    """``concurrency`` callers over ``connections`` separate connections. Several are needed to
+    reach more than one server process behind SO_REUSEPORT, and many to load them evenly: the
+    kernel places each connection by a hash, and with 4 connections on 2 processes one process
+    often took 75 % of the calls (docs/benchmarks.md)."""
     clients = [PreLabelClient(address, timeout=300, channel_options=[("grpc.use_local_subchannel_pool", 1)])
                for _ in range(connections)]
     try:
@@ -441,12 +443,12 @@ def cpu_section(package: ModelPackage, repository: Path, images: list[np.ndarray
         rows += interleaved(server, [Spec(f"ORT spin-wait off, Predict concurrency {c}", lambda c=c: unary(server.address, payloads, c),
                                           "idle runtime threads sleep") for c in (1, 16)], reference, repeats)
     with ServerProcess(repository) as server:
-        rows += interleaved(server, [Spec("1 process, Predict conc. 16, 4 connections",
-                                          lambda: unary(server.address, payloads, 16, connections=4),
+        rows += interleaved(server, [Spec("1 process, Predict conc. 16, 16 connections",
+                                          lambda: unary(server.address, payloads, 16, connections=16),
                                           "threads: decoding and encoding overlap inference")], reference, repeats)
     with ServerProcess(repository, processes=2, PRELABEL_INFERENCE_THREADS="1") as server:
-        rows += interleaved(server, [Spec("2 processes x 1 thread, conc. 16, 4 conns",
-                                          lambda: unary(server.address, payloads, 16, connections=4),
+        rows += interleaved(server, [Spec("2 processes x 1 thread, conc. 16, 16 conns",
+                                          lambda: unary(server.address, payloads, 16, connections=16),
                                           "SO_REUSEPORT; each process its own model")], reference, repeats)
     with ServerProcess(repository) as server:
         photo = large_photo(images[0])
@@ -514,8 +516,8 @@ def cuda_processes(repository: Path, payloads: list[bytes], reference: Callable[
     rows = []
     for processes in CUDA_PROCESSES:
         with ServerProcess(repository, processes=processes, **env) as server:
-            rows += interleaved(server, [Spec(f"cuda: {processes} process{'es' if processes > 1 else ''}, conc. 64, 8 conns",
-                                              lambda: unary(server.address, payloads, 64, connections=8),
+            rows += interleaved(server, [Spec(f"cuda: {processes} process{'es' if processes > 1 else ''}, conc. 64, 64 conns",
+                                              lambda: unary(server.address, payloads, 64, connections=64),
                                               "SO_REUSEPORT; each process its own model")], reference, repeats)
     return rows
 
