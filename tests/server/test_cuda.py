@@ -89,6 +89,12 @@ def test_fp16_on_the_gpu_agrees_with_onnx_runtime_on_the_cpu(repo_root: Path, ca
                 assert (a.backend, a.device, b.backend) == ("torch", "cuda:0", "onnx")
                 assert (a.mask == b.mask).mean() > 0.995, "fp16 flips only near-tied pixels"
                 assert np.abs(a.uncertainty.astype(np.float32) - b.uncertainty).mean() < 0.01
+                # the GPU's summary comes from its own class sums, over the image's pixels only
+                assert sum(c.pixel_fraction for c in a.summary.classes) == pytest.approx(1.0)
+                for mine, theirs in zip(a.summary.classes, b.summary.classes, strict=True):
+                    assert mine.pixel_fraction == pytest.approx(theirs.pixel_fraction, abs=0.005)
+                    if theirs.pixel_fraction > 0.01:
+                        assert mine.mean_confidence == pytest.approx(theirs.mean_confidence, abs=0.02)
     finally:
         gpu.stop(grace=0)
         cpu.stop(grace=0)

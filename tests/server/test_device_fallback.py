@@ -217,3 +217,9 @@ def test_the_server_asks_a_device_for_maps_unless_told_not_to(model_repository, 
     for answer in (answers[True, True], answers[True, False]):
         assert np.mean(answer.mask == reference.mask) > 0.999
         assert np.abs(answer.uncertainty - reference.uncertainty).max() <= 1 / 255 + 1e-6  # 8-bit PNG steps
+        # the summary from the device's class sums: over the image's own pixels, as on the host
+        assert answer.summary.mean_uncertainty == pytest.approx(reference.summary.mean_uncertainty, abs=1e-4)
+        for mine, theirs in zip(answer.summary.classes, reference.summary.classes, strict=True):
+            assert mine.pixel_fraction == pytest.approx(theirs.pixel_fraction, abs=1e-3)
+            assert mine.mean_confidence == pytest.approx(theirs.mean_confidence, abs=1e-3)
+            assert mine.mean_uncertainty == pytest.approx(theirs.mean_uncertainty, abs=1e-3)
