@@ -9,7 +9,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from prelabel_client import PreLabelClient, ResourceExhausted
 from prelabel_client.batch import predict_files
@@ -87,3 +89,45 @@ def test_a_batch_job_gives_up_after_its_patience(one_stream_server, small_camvid
             list(held)
     finally:
         release.set()
+
+
+def _watch_when_admitted(health: health_pb2_grpc.HealthStub, patience_s: float = 10.0):
+    give_up = time.monotonic() + patience_s
+    while True:
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+        try:
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            return watch
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > give_up:
+                raise
+            time.sleep(0.1)
+
+
+def test_health_watchers_take_stream_slots_and_leave_threads_for_calls(model_repository, small_camvid_png):
+    """grpcio's health Watch holds an RPC thread while open; as many watchers as threads used to
+    leave no thread for any call (Predict, ListModels and health Check all timed out)."""
+    running = start_server(ServerSettings(host="127.0.0.1", port=0, model_repository=model_repository,
+                                          backend="onnx", workers=4))  # 2 stream slots
+    watches = []
+    try:
+        with grpc.insecure_channel(running.address) as channel, \
+                PreLabelClient(running.address, timeout=30) as client:
+            health = health_pb2_grpc.HealthStub(channel)
+            for _ in range(2):
+                watches.append(health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60))
+                assert next(watches[-1]).status == health_pb2.HealthCheckResponse.SERVING
+            refused = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+            with pytest.raises(grpc.RpcError) as error:
+                next(refused)
+            assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "PRELABEL_MAX_OPEN_STREAMS" in error.value.details()
+            assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            assert client.predict(small_camvid_png, model="deeplab").mask.shape == (101, 133)
+            watches.pop().cancel()  # a watcher that leaves frees its slot (once the server sees it go)
+            watches.append(_watch_when_admitted(health))
+    finally:
+        for watch in watches:
+            watch.cancel()
+        running.stop(grace=0)

@@ -16,7 +16,7 @@ from prelabel_proto import SERVICE_NAME
 from prelabel_proto import prelabel_pb2_grpc as pb_grpc
 from prelabel_server.engine import Engine
 from prelabel_server.grpc_api.interceptors import ErrorInterceptor, TokenInterceptor
-from prelabel_server.grpc_api.servicer import PrelabelServicer
+from prelabel_server.grpc_api.servicer import PrelabelServicer, StreamSlots
 from prelabel_server.metrics import start_metrics_server
 from prelabel_server.settings import ServerSettings
 
@@ -46,6 +46,20 @@ class RunningServer:
         self.server.stop(self.engine.settings.grace_seconds if grace is None else grace).wait()
         self.stream_executor.shutdown(wait=False, cancel_futures=True)
         self.engine.close()
+
+
+class _BoundedWatchHealth(health.HealthServicer):
+    """The standard health service, whose ``Watch`` takes a stream slot: grpcio's blocking Watch
+    holds an RPC thread for as long as the watcher stays, and 8 watchers (gRPC's client-side
+    health checking opens one per channel) took every thread: no call was answered any more."""
+
+    def __init__(self, slots: StreamSlots) -> None:
+        super().__init__()
+        self._slots = slots
+
+    def Watch(self, request, context, send_response_callback=None):  # noqa: N802 (gRPC's name)
+        with self._slots.held():
+            yield from super().Watch(request, context, send_response_callback)
 
 
 def _update_health(running_health: health.HealthServicer, engine: Engine) -> None:
@@ -81,9 +95,10 @@ def start_server(settings: ServerSettings) -> RunningServer:
     server = grpc.server(ThreadPoolExecutor(settings.workers, thread_name_prefix="rpc"),
                          interceptors=interceptors, options=limits, maximum_concurrent_rpcs=settings.admitted_rpcs)
     stream_executor = ThreadPoolExecutor(settings.stream_workers, thread_name_prefix="stream-item")
-    health_servicer = health.HealthServicer()
+    stream_slots = StreamSlots(settings.open_streams_limit)
+    health_servicer = _BoundedWatchHealth(stream_slots)
     pb_grpc.add_PrelabelServiceServicer_to_server(
-        PrelabelServicer(engine, stream_executor), server)
+        PrelabelServicer(engine, stream_executor, stream_slots), server)
     engine.registry.add_listener(lambda: _update_health(health_servicer, engine))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 
 import grpc
 from google.protobuf.message import Message
@@ -22,16 +23,38 @@ log = logging.getLogger(__name__)
 _ENVELOPE_BYTES = 64  # stream wrapper (id, oneof tag) around the checked message
 
 
+class StreamSlots:
+    """The cap on long-lived calls (PredictStream, Score and health Watch). Each holds an RPC
+    thread for as long as it is open, so together they may take only some of the threads, and
+    single calls and health checks always find one free."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free = threading.BoundedSemaphore(limit)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """One slot for the block; RESOURCE_EXHAUSTED at once when none is free."""
+        if not self._free.acquire(blocking=False):
+            raise ResourceExhausted(f"{self.limit} streams are already open, the server's limit "
+                                    "(PRELABEL_MAX_OPEN_STREAMS), which keeps RPC threads free for single calls: "
+                                    "retry when one ends, or send these images over a stream already open")
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
 def caller_gone(context: grpc.ServicerContext) -> Callable[[], bool]:
     """True once the client cancelled or its deadline passed."""
     return lambda: not context.is_active() or (context.time_remaining() or 1.0) <= 0
 
 
 class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
-    def __init__(self, engine: Engine, stream_executor: Executor) -> None:
+    def __init__(self, engine: Engine, stream_executor: Executor, stream_slots: StreamSlots) -> None:
         self._engine = engine
         self._stream_executor = stream_executor
-        self._open_streams = threading.BoundedSemaphore(engine.settings.open_streams_limit)
+        self._stream_slots = stream_slots
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
         response = converters.predict_response(
@@ -63,15 +86,9 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
     def _stream(self, requests: Iterator[RequestT], handle: Callable[[RequestT], ResponseT]) -> Iterator[ResponseT]:
         """``handle`` over a stream's items, holding one of the open-stream slots for as long as the
         stream is open; RESOURCE_EXHAUSTED when none is free."""
-        settings = self._engine.settings
-        if not self._open_streams.acquire(blocking=False):
-            raise ResourceExhausted(f"{settings.open_streams_limit} streams are already open, the server's limit "
-                                    "(PRELABEL_MAX_OPEN_STREAMS), which keeps RPC threads free for single calls: "
-                                    "retry when one ends, or send these images over a stream already open")
-        try:
-            yield from process_stream(requests, handle, self._stream_executor, settings.max_in_flight_per_stream)
-        finally:
-            self._open_streams.release()
+        with self._stream_slots.held():
+            yield from process_stream(requests, handle, self._stream_executor,
+                                      self._engine.settings.max_in_flight_per_stream)
 
     def _stream_item(self, item: pb.PredictStreamRequest, gone: Callable[[], bool]) -> pb.PredictStreamResponse:
         """One streamed item; its failure becomes its own error response, never the stream's."""
