@@ -186,6 +186,7 @@ class PreLabelClient:
                     message = build(str(index), image)
                 except (OSError, TypeError, ValueError) as exc:  # reported at its position, never skipped
                     unreadable[index] = InvalidInput(f"input {index} cannot be sent: {exc}")
+                    sent_slots.release()  # nothing was sent: holding its slot would stall the stream
                     continue
                 yield message
 
@@ -197,10 +198,10 @@ class PreLabelClient:
             nonlocal next_index
             while next_index in received or next_index in unreadable:
                 index, next_index = next_index, next_index + 1
-                sent_slots.release()
                 if index in unreadable:
                     yield self._failure(unreadable.pop(index), raise_on_error)
                     continue
+                sent_slots.release()
                 response = received.pop(index)
                 if response.HasField(result_field):
                     yield convert(getattr(response, result_field))

@@ -129,6 +129,17 @@ def test_client_raises_the_error_class_of_the_status(onnx_client: PreLabelClient
     assert onnx_client.predict(small_camvid_png).ok
 
 
+def test_more_unreadable_inputs_than_the_window_are_each_reported_and_the_stream_goes_on(
+        onnx_client: PreLabelClient, small_camvid_png: bytes, tmp_path: Path) -> None:
+    """Each unreadable input once held a send slot that only a response frees; with a window's
+    worth of them in a row and nothing in flight, ``predict_many`` waited for ever."""
+    missing = [tmp_path / f"missing-{i}.png" for i in range(3)]
+    results = list(onnx_client.predict_many([*missing, small_camvid_png, missing[0], small_camvid_png], window=2,
+                                            raise_on_error=False, timeout=30))
+    assert [r.ok for r in results] == [False, False, False, True, False, True]
+    assert all("cannot be sent" in results[i].error.message for i in (0, 1, 2, 4))
+
+
 @pytest.fixture(scope="module")
 def limited(start_extra_server) -> Iterator[pb_grpc.PrelabelServiceStub]:
     """A server with small limits: 200 kB messages, 100 000 pixels."""
