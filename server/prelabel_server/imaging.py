@@ -21,6 +21,7 @@ Image.MAX_IMAGE_PIXELS = None
 
 SUPPORTED_FORMATS = {"PNG", "JPEG", "TIFF", "BMP", "WEBP"}
 _JPEG_END = b"\xff\xd9"
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RST0-7: markers without a length
 
 
 @dataclass(frozen=True)
@@ -61,16 +62,52 @@ def _probe(data: bytes) -> tuple[str, int, int]:
     return format_ or "", width, height
 
 
+def _check_jpeg_complete(data: bytes) -> None:
+    """Refuses a JPEG whose main picture is cut short: some OpenCV versions decode it without error,
+    greying what is missing. Its scan must be followed by an end-of-image marker, not necessarily at
+    the file's end (multi-picture JPEGs and motion photos append more). The scan is found by walking
+    the marker segments from SOI, not by searching for FF DA, since an EXIF thumbnail in APP1 has its
+    own scan and end marker."""
+    pos = 2  # after SOI, which Pillow has checked
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:  # stray bytes between segments: libjpeg skips them with a warning, so do we
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                break
+            continue
+        marker = data[pos + 1]
+        if marker in (0xD8, 0xD9):
+            raise InvalidInput(f"JPEG is corrupt (an image marker at byte {pos} of its header): re-encode it")
+        if marker == 0xFF:  # a fill byte before the marker
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if length < 2:
+            raise InvalidInput(f"JPEG is corrupt (segment length {length} at byte {pos}): re-encode it")
+        if marker == 0xDA:  # start of scan: the entropy-coded data begins after its header
+            if data.find(_JPEG_END, pos + 2 + length) < 0:
+                raise InvalidInput("JPEG is truncated (no end-of-image marker after its image data): "
+                                   "send the whole file")
+            return
+        pos += 2 + length
+    raise InvalidInput("JPEG is truncated (it ends before its image data): send the whole file")
+
+
 def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
     """Encoded bytes → (H, W, 3) uint8 RGB. Grey is replicated, alpha dropped, 16-bit scaled to 8."""
     if not data:
         raise InvalidInput("image is empty: set image.encoded to the file's bytes or image.raw to pixels")
     format_, width, height = _probe(data)
+    if format_ == "MPO":  # a multi-picture JPEG (phones, cameras): OpenCV decodes its first picture
+        format_ = "JPEG"
     if format_ not in SUPPORTED_FORMATS:
         raise InvalidInput(f"image format {format_} is not supported: send one of {sorted(SUPPORTED_FORMATS)}")
     _check_size(height, width, limits)
-    if format_ == "JPEG" and not data.rstrip(b"\x00").endswith(_JPEG_END):
-        raise InvalidInput("JPEG is truncated (no end-of-image marker): send the whole file")
+    if format_ == "JPEG":
+        _check_jpeg_complete(data)
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.shape[:2] != (height, width):
         raise InvalidInput(f"{format_} image could not be decoded: it is corrupt or truncated")

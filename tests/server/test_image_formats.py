@@ -4,13 +4,14 @@ mask of the image's size; lossless forms of the same pixels give exactly the sam
 from __future__ import annotations
 
 import io
+import struct
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from prelabel_client import PreLabelClient
+from prelabel_client import InvalidInput, PreLabelClient
 from service_support import NUM_CLASSES, encode
 
 
@@ -18,6 +19,23 @@ def _png_with_pillow(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _with_pillow(image: Image.Image, format_: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format_, **options)
+    return buffer.getvalue()
+
+
+def _exif_with_thumbnail(thumbnail: bytes) -> bytes:
+    """An EXIF APP1 payload whose IFD1 carries a JPEG thumbnail (with its own SOS and EOI markers),
+    as cameras write it: big-endian TIFF header, an empty IFD0, then IFD1 pointing at the thumbnail."""
+    ifd1 = struct.pack(">H", 3) + b"".join(struct.pack(">HHII", tag, kind, 1, value) for tag, kind, value in (
+        (0x0103, 3, 6 << 16),  # Compression = 6 (JPEG), a SHORT left-justified in the value field
+        (0x0201, 4, 8 + 6 + 42),  # JPEGInterchangeFormat: the thumbnail's offset, right after IFD1
+        (0x0202, 4, len(thumbnail)),  # JPEGInterchangeFormatLength
+    )) + struct.pack(">I", 0)
+    return b"Exif\0\0" + b"MM\0\x2a" + struct.pack(">I", 8) + struct.pack(">HI", 0, 14) + ifd1 + thumbnail
 
 
 def _palette(rgb: np.ndarray) -> Image.Image:
@@ -101,3 +119,35 @@ def test_result_arrays_are_decoded_on_first_read_from_the_response(onnx_client: 
         np.testing.assert_array_equal(prediction.mask, np.asarray(written))
     assert prediction.mask is prediction.mask  # decoded once, then kept
     assert prediction.uncertainty.dtype == np.float32 and prediction.uncertainty.shape == prediction.mask.shape
+
+
+def test_a_multi_picture_jpeg_gives_the_mask_of_its_first_picture(onnx_client: PreLabelClient,
+                                                                  small_camvid_rgb: np.ndarray) -> None:
+    first, second = Image.fromarray(small_camvid_rgb), Image.fromarray(small_camvid_rgb[::-1].copy())
+    mpo = _with_pillow(first, "MPO", save_all=True, append_images=[second])  # MPF APP2 segment, as phones write
+    with Image.open(io.BytesIO(mpo)) as opened:
+        assert opened.format == "MPO" and opened.n_frames == 2
+    mask = onnx_client.predict(mpo).mask
+    np.testing.assert_array_equal(mask, onnx_client.predict(_with_pillow(first, "JPEG")).mask)
+
+
+def test_a_jpeg_with_data_after_its_end_marker_is_served(onnx_client: PreLabelClient,
+                                                         small_camvid_rgb: np.ndarray) -> None:
+    jpeg = _with_pillow(Image.fromarray(small_camvid_rgb), "JPEG")
+    motion_photo = jpeg + b"\0\0\0\x18ftypmp42" + b"\x01" * 1000  # a motion photo's appended MP4
+    mask = onnx_client.predict(motion_photo).mask
+    np.testing.assert_array_equal(mask, onnx_client.predict(jpeg).mask)
+
+
+def test_a_jpeg_cut_in_its_scan_is_refused_despite_its_thumbnails_end_marker(onnx_client: PreLabelClient,
+                                                                             small_camvid_rgb: np.ndarray) -> None:
+    thumbnail = _with_pillow(Image.fromarray(small_camvid_rgb).resize((32, 24)), "JPEG")
+    jpeg = _with_pillow(Image.fromarray(small_camvid_rgb), "JPEG", exif=_exif_with_thumbnail(thumbnail))
+    assert onnx_client.predict(jpeg).ok  # whole, it is served
+    main_scan = jpeg.rfind(b"\xff\xda")  # the thumbnail's scan comes first, inside APP1
+    truncated = jpeg[:(main_scan + len(jpeg)) // 2]
+    thumbnail_at = truncated.find(thumbnail)
+    assert 0 < thumbnail_at and truncated.find(b"\xff\xda") < truncated.find(b"\xff\xd9") < main_scan
+    assert truncated.find(b"\xff\xd9") == thumbnail_at + len(thumbnail) - 2  # only the thumbnail's EOI
+    with pytest.raises(InvalidInput, match="truncated .no end-of-image marker"):  # our check, not OpenCV's
+        onnx_client.predict(truncated)
