@@ -13,7 +13,7 @@ import numpy as np
 from prelabel_models.epistemic import MC_MEASURES, SAMPLED_MEASURES
 from prelabel_models.package import ModelPackageError
 from prelabel_models.postprocessing import SegmentationMaps, maps_from_statistics, segment_bands, segment_maps
-from prelabel_proto.errors import FailedPrecondition, InvalidInput
+from prelabel_proto.errors import Cancelled, FailedPrecondition, InvalidInput
 from prelabel_server.batching import CallerGone, forward, prepare
 from prelabel_server.registry import ServedModel
 
@@ -41,11 +41,11 @@ def compute_maps(served: ServedModel, image: np.ndarray, options: MapOptions,
                  caller_gone: CallerGone) -> tuple[SegmentationMaps, InferenceInfo]:
     """The maps of ``image`` on ``served``, choosing the path its size and measure need."""
     if options.measure in SAMPLED_MEASURES:
-        maps, info = _sampled(served, image, options)
+        maps, info = _sampled(served, image, options, caller_gone)
     elif served.predictor.needs_tiling(*image.shape[:2]):
-        maps, info = _tiled(served, image, options)
+        maps, info = _tiled(served, image, options, caller_gone)
     elif options.want_embedding:
-        return _with_embedding(served, image, options)
+        return _with_embedding(served, image, options, caller_gone)
     else:
         maps, info = _batched(served, image, options, caller_gone)
     if options.want_embedding:
@@ -57,6 +57,13 @@ def compute_maps(served: ServedModel, image: np.ndarray, options: MapOptions,
 def _exclusive(served: ServedModel) -> contextlib.AbstractContextManager:
     """Holds the model between batches (a no-op without batching)."""
     return served.batcher.exclusive() if served.batcher is not None else contextlib.nullcontext()
+
+
+def _stop_if_gone(caller_gone: CallerGone, when: str) -> None:
+    """Raises what the batcher sets for a caller that has gone (CANCELLED), so that work nobody
+    waits for does not hold the model while the requests behind it wait."""
+    if caller_gone():
+        raise Cancelled(f"the caller went away (deadline passed or cancelled) {when}")
 
 
 def _maps(served: ServedModel, logits: np.ndarray, options: MapOptions) -> SegmentationMaps:
@@ -75,28 +82,37 @@ def _batched(served: ServedModel, image: np.ndarray, options: MapOptions,
     return (output.maps if output.maps is not None else _maps(served, output.logits, options)), info
 
 
-def _with_embedding(served: ServedModel, image: np.ndarray, options: MapOptions) -> tuple[SegmentationMaps, InferenceInfo]:
-    """Logits and embedding from one forward pass (pool scoring)."""
+def _with_embedding(served: ServedModel, image: np.ndarray, options: MapOptions,
+                    caller_gone: CallerGone) -> tuple[SegmentationMaps, InferenceInfo]:
+    """Logits and embedding from one forward pass (pool scoring). One pass cannot be stopped half
+    way, so the caller is checked once, after the wait for the model."""
     started = time.perf_counter()
     with _exclusive(served):
+        _stop_if_gone(caller_gone, "before inference")
         logits, embedding = served.predictor.logits_and_embedding(image)
     info = InferenceInfo(seconds=time.perf_counter() - started, embedding=embedding)
     return _maps(served, logits, options), info
 
 
-def _tiled(served: ServedModel, image: np.ndarray, options: MapOptions) -> tuple[SegmentationMaps, InferenceInfo]:
-    """Streams tiles' logits straight into the maps, holding the model between batches."""
+def _tiled(served: ServedModel, image: np.ndarray, options: MapOptions,
+           caller_gone: CallerGone) -> tuple[SegmentationMaps, InferenceInfo]:
+    """Streams tiles' logits straight into the maps, holding the model between batches. A large
+    image takes many forward passes; the caller is checked before each band of them, so one that
+    has gone releases the model at once instead of after the whole image (``_timed``)."""
     info = InferenceInfo()
-    bands = _timed(served.predictor.logit_bands(image), info)
+    bands = _timed(served.predictor.logit_bands(image), info, caller_gone)
     with _exclusive(served):
         maps = segment_bands(bands, served.card.num_classes, *image.shape[:2], served.card.temperature,
                              options.measure, options.keep_probabilities)
     return maps, info
 
 
-def _timed(bands: Iterator[tuple[slice, np.ndarray]], info: InferenceInfo) -> Iterator[tuple[slice, np.ndarray]]:
-    """Counts the time spent producing each band (the network) into ``info.seconds``."""
+def _timed(bands: Iterator[tuple[slice, np.ndarray]], info: InferenceInfo,
+           caller_gone: CallerGone) -> Iterator[tuple[slice, np.ndarray]]:
+    """Counts the time spent producing each band (the network) into ``info.seconds``; raises
+    Cancelled before producing a band, i.e. between forward passes, once the caller has gone."""
     while True:
+        _stop_if_gone(caller_gone, "during tiled inference")
         started = time.perf_counter()
         band = next(bands, None)
         info.seconds += time.perf_counter() - started
@@ -105,8 +121,10 @@ def _timed(bands: Iterator[tuple[slice, np.ndarray]], info: InferenceInfo) -> It
         yield band
 
 
-def _sampled(served: ServedModel, image: np.ndarray, options: MapOptions) -> tuple[SegmentationMaps, InferenceInfo]:
-    """MC dropout or test-time augmentation: several predictions of one image, run alone."""
+def _sampled(served: ServedModel, image: np.ndarray, options: MapOptions,
+             caller_gone: CallerGone) -> tuple[SegmentationMaps, InferenceInfo]:
+    """MC dropout or test-time augmentation: several predictions of one image, run alone. They run
+    as one block, so the caller is checked once, after the wait for the model."""
     card, predictor = served.card, served.predictor
     height, width = image.shape[:2]
     if predictor.needs_tiling(height, width):
@@ -119,6 +137,7 @@ def _sampled(served: ServedModel, image: np.ndarray, options: MapOptions) -> tup
     started = time.perf_counter()
     try:
         with _exclusive(served):
+            _stop_if_gone(caller_gone, "before inference")
             if options.measure in MC_MEASURES:
                 statistics = predictor.mc_dropout_statistics(image, options.mc_samples, options.mc_seed)
             else:

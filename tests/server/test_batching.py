@@ -3,6 +3,7 @@ requests whose caller left, and streams that free their slots when cancelled."""
 
 from __future__ import annotations
 
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -270,4 +271,58 @@ def test_a_cancelled_stream_frees_its_slots(batch_repository, val_images):
             threading.Event().wait(0.1)
         assert batcher.queued() == 0
     finally:
+        running.stop(grace=0)
+
+
+class HeldAtItsFirstPass:
+    """The real ONNX Runtime backend, counting its forward passes; the first waits for ``release``,
+    so a caller's deadline passes while a tiled image is part way through its tiles."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.passes, self.release = backend, 0, threading.Event()
+        self.name, self.device = backend.name, backend.device
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.passes += 1
+        if self.passes == 1:
+            self.release.wait(120)
+        return self.backend.run(batch)
+
+
+def _requests(model: str, outcome: str) -> float:
+    return REGISTRY.get_sample_value("prelabel_requests_total", {"model": model, "outcome": outcome}) or 0.0
+
+
+def test_a_tiled_request_whose_caller_left_stops_between_forward_passes(model_repository, val_images,
+                                                                        small_camvid_png):
+    """A large image holds the model for all its tile batches; once its caller has gone it stops
+    before the next band of tiles, as the batcher drops a queued request (CANCELLED), instead of
+    finishing an image nobody waits for while the requests behind it wait."""
+    running = _serve(model_repository)
+    served = running.engine.registry.get("deeplab")
+    backend = served.predictor.backend = HeldAtItsFirstPass(served.predictor.backend)
+    try:
+        image = np.ascontiguousarray(np.tile(read_rgb(val_images[0]), (3, 3, 1)))  # 1080x1440: 35 tiles of 256
+        fewest = math.ceil(served.predictor.count_tiles(*image.shape[:2]) / served.predictor.tile_batch)
+
+        def ended() -> float:
+            return _requests("deeplab", "ok") + _requests("deeplab", "cancelled")
+
+        ended_before, cancelled_before = ended(), _requests("deeplab", "cancelled")
+        with PreLabelClient(running.address, timeout=120) as client:
+            with pytest.raises(PrelabelError) as expired:
+                client.predict(image, model="deeplab", timeout=2)  # passes while its first tile batch is held
+            assert expired.value.code.name == "DEADLINE_EXCEEDED"
+            backend.release.set()
+            for _ in range(600):  # the server finishes the request after its caller has gone
+                if ended() > ended_before:
+                    break
+                threading.Event().wait(0.2)
+            passes = backend.passes
+            assert passes < fewest, (f"{passes} forward passes ran (the whole image takes {fewest} or more): "
+                                     "the model was held after its caller left")
+            assert _requests("deeplab", "cancelled") == cancelled_before + 1
+            assert client.predict(small_camvid_png, model="deeplab").mask.shape == (101, 133)  # the model is free
+    finally:
+        backend.release.set()
         running.stop(grace=0)
