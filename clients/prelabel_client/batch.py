@@ -60,10 +60,15 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     return report
 
 
+def _server_busy(error: ResourceExhausted) -> bool:
+    """A refusal that waiting can cure: the server's stream or call limit, not a message too large."""
+    return "PRELABEL_MAX_OPEN_STREAMS" in error.message or "PRELABEL_MAX_CONCURRENT_RPCS" in error.message
+
+
 def _stream_when_admitted(open_stream: Callable[[], Iterator[ResultT]], patience_s: float) -> Iterator[ResultT]:
-    """``open_stream()``'s results; a stream refused with RESOURCE_EXHAUSTED before its first
-    result (nothing was processed yet) is opened again, with back-off, until ``patience_s`` has
-    passed."""
+    """``open_stream()``'s results; a stream refused for being over the server's stream or call
+    limit before its first result (nothing was processed yet) is opened again, with back-off,
+    until ``patience_s`` has passed."""
     waited, delay = 0.0, 1.0
     while True:
         results = open_stream()
@@ -72,7 +77,7 @@ def _stream_when_admitted(open_stream: Callable[[], Iterator[ResultT]], patience
         except StopIteration:
             return iter(())
         except ResourceExhausted as exc:
-            if waited >= patience_s:
+            if waited >= patience_s or not _server_busy(exc):
                 raise
             tqdm.write(f"server busy ({exc.message.split(':')[0]}); opening the stream again in {delay:.0f} s",
                        file=sys.stderr)

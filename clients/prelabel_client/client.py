@@ -24,7 +24,7 @@ from prelabel_client.results import (
 from prelabel_proto import SERVICE_NAME
 from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto import prelabel_pb2_grpc as pb_grpc
-from prelabel_proto.errors import InvalidInput, PrelabelError, error_for_code
+from prelabel_proto.errors import InvalidInput, PrelabelError, ResourceExhausted, error_for_code
 
 ImageInput = Union[str, Path, bytes, np.ndarray]
 ResultT = TypeVar("ResultT")
@@ -39,6 +39,7 @@ _FORMAT_ENUMS = {"png_uint8": pb.ARRAY_FORMAT_PNG_UINT8, "png_uint16": pb.ARRAY_
 
 # What gRPC's server answers, by itself, to a call over its concurrent-call limit.
 _GRPC_CALL_LIMIT = "Concurrent RPC limit exceeded!"
+_GRPC_SIZE_LIMIT = "larger than max"  # "Received message larger than max (N vs. M)", from either side
 
 
 def _error_from(exc: grpc.RpcError) -> PrelabelError:
@@ -48,6 +49,10 @@ def _error_from(exc: grpc.RpcError) -> PrelabelError:
     if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and details == _GRPC_CALL_LIMIT:
         details = (f"{details} The server already holds as many calls as it admits (its setting "
                    "PRELABEL_MAX_CONCURRENT_RPCS): retry later, or send fewer calls at once")
+    elif exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _GRPC_SIZE_LIMIT in details:
+        details = (f"{details}. A message was over the server's size limit (PRELABEL_MAX_MESSAGE_BYTES), which "
+                   "fails the whole call: raise it, or give PreLabelClient the same max_message_bytes, so that "
+                   "predict_many reports such an image alone and goes on")
     return error_for_code(exc.code(), details)
 
 
@@ -98,6 +103,7 @@ class PreLabelClient:
         else:
             self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.PrelabelServiceStub(self._channel)
+        self._max_message_bytes = max_message_bytes
         self._timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
@@ -175,7 +181,7 @@ class PreLabelClient:
         ``convert(response.<result_field>)`` — or the item's error — in input order."""
         sent_slots = threading.Semaphore(window)
         finished = threading.Event()
-        unreadable: dict[int, PrelabelError] = {}
+        unsent: dict[int, PrelabelError] = {}  # inputs that could not be sent, reported at their position
 
         def requests() -> Iterator[Message]:
             for index, image in enumerate(images):
@@ -183,12 +189,15 @@ class PreLabelClient:
                     if finished.is_set():
                         return
                 try:
-                    message = build(str(index), image)
-                except (OSError, TypeError, ValueError) as exc:  # reported at its position, never skipped
-                    unreadable[index] = InvalidInput(f"input {index} cannot be sent: {exc}")
-                    sent_slots.release()  # nothing was sent: holding its slot would stall the stream
+                    message = self._sendable(build(str(index), image), index)
+                except (OSError, TypeError, ValueError) as exc:
+                    unsent[index] = InvalidInput(f"input {index} cannot be sent: {exc}")
+                except ResourceExhausted as exc:
+                    unsent[index] = exc
+                else:
+                    yield message
                     continue
-                yield message
+                sent_slots.release()  # nothing was sent: holding its slot would stall the stream
 
         call = method(requests(), timeout=timeout or None, metadata=self._metadata)
         received: dict[int, Message] = {}
@@ -196,10 +205,10 @@ class PreLabelClient:
 
         def ready_in_order() -> Iterator[ResultT | FailedPrediction]:
             nonlocal next_index
-            while next_index in received or next_index in unreadable:
+            while next_index in received or next_index in unsent:
                 index, next_index = next_index, next_index + 1
-                if index in unreadable:
-                    yield self._failure(unreadable.pop(index), raise_on_error)
+                if index in unsent:
+                    yield self._failure(unsent.pop(index), raise_on_error)
                     continue
                 sent_slots.release()
                 response = received.pop(index)
@@ -218,6 +227,17 @@ class PreLabelClient:
         finally:
             finished.set()
             call.cancel()
+
+    def _sendable(self, message: Message, index: int) -> Message:
+        """``message``, unless it is over the message limit: gRPC would then fail the whole stream,
+        and every image after this one would be lost with it."""
+        size = message.ByteSize()
+        if size > self._max_message_bytes:
+            raise ResourceExhausted(
+                f"input {index} makes a {size}-byte message, over the limit of {self._max_message_bytes} bytes "
+                "(PreLabelClient's max_message_bytes; the server's is PRELABEL_MAX_MESSAGE_BYTES): send it encoded "
+                "(PNG or JPEG) rather than as raw pixels, or smaller")
+        return message
 
     @staticmethod
     def _failure(error: PrelabelError, raise_on_error: bool) -> FailedPrediction:

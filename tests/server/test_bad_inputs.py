@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from prelabel_client import PreLabelClient
+from prelabel_client import PreLabelClient, ResourceExhausted
+from prelabel_client.batch import predict_files
 from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto import prelabel_pb2_grpc as pb_grpc
 from prelabel_server.grpc_api.server import RunningServer
@@ -141,10 +142,14 @@ def test_more_unreadable_inputs_than_the_window_are_each_reported_and_the_stream
 
 
 @pytest.fixture(scope="module")
-def limited(start_extra_server) -> Iterator[pb_grpc.PrelabelServiceStub]:
+def limited_server(start_extra_server) -> RunningServer:
     """A server with small limits: 200 kB messages, 100 000 pixels."""
-    running = start_extra_server(max_message_bytes=200_000, max_image_pixels=100_000)
-    with grpc.insecure_channel(running.address) as channel:
+    return start_extra_server(max_message_bytes=200_000, max_image_pixels=100_000)
+
+
+@pytest.fixture(scope="module")
+def limited(limited_server: RunningServer) -> Iterator[pb_grpc.PrelabelServiceStub]:
+    with grpc.insecure_channel(limited_server.address) as channel:
         yield pb_grpc.PrelabelServiceStub(channel)
 
 
@@ -163,3 +168,49 @@ class TestLimits:
         _assert_refused(limited, _request(jpeg), EXHAUSTED, ("480x360", "172800 pixels", "limit of 100000",
                                                              "PRELABEL_MAX_IMAGE_PIXELS"))
         _assert_still_serving(limited, small_camvid_png)
+
+    def test_an_image_too_large_for_a_message_fails_alone_in_a_stream(self, limited_server, camvid_val_images,
+                                                                      small_camvid_png: bytes) -> None:
+        """gRPC fails a whole stream on one message over the limit; a client that knows the
+        server's limit refuses that image alone and sends the others."""
+        too_large = read_rgb(camvid_val_images[0])  # 518 400 bytes as raw pixels
+        with PreLabelClient(limited_server.address, timeout=60, max_message_bytes=200_000) as client:
+            results = list(client.predict_many([small_camvid_png, too_large, small_camvid_png], raise_on_error=False))
+        assert [r.ok for r in results] == [True, False, True]
+        assert results[1].error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_message_bytes" in results[1].error.message and "raw pixels" in results[1].error.message
+
+    def test_a_stream_failed_by_the_servers_size_limit_says_what_to_set(self, limited_server, camvid_val_images,
+                                                                       small_camvid_png: bytes) -> None:
+        with PreLabelClient(limited_server.address, timeout=60) as client:  # its limit: 64 MB, the server's 200 kB
+            with pytest.raises(ResourceExhausted, match="PRELABEL_MAX_MESSAGE_BYTES.*max_message_bytes"):
+                list(client.predict_many([small_camvid_png, read_rgb(camvid_val_images[0])]))
+
+    def test_a_batch_job_does_not_wait_out_a_message_that_is_too_large(self, limited_server, camvid_val_images,
+                                                                      tmp_path: Path, capsys) -> None:
+        """Only the server's stream and call limits are waited out; a CamVid PNG (276 kB) over the
+        200 kB limit fails the job at once with the setting to change."""
+        with PreLabelClient(limited_server.address, timeout=60) as client:
+            with pytest.raises(ResourceExhausted, match="PRELABEL_MAX_MESSAGE_BYTES"):
+                predict_files(client, camvid_val_images[:1], tmp_path / "out", patience_s=600)
+        assert "server busy" not in capsys.readouterr().err
+
+
+def test_a_long_stream_item_id_fails_only_its_own_item(onnx_server: RunningServer, start_extra_server,
+                                                       small_camvid_rgb: np.ndarray) -> None:
+    """The id a client chooses travels back in the item's response: with the response just under
+    the limit, a long id once pushed the message over it, and gRPC failed the whole stream."""
+    height, width = small_camvid_rgb.shape[:2]
+    request = pb.PredictRequest(image=_raw(small_camvid_rgb.tobytes(), height, width, 3),
+                                outputs=[pb.OUTPUT_PROBABILITIES], probabilities_format=pb.ARRAY_FORMAT_RAW_UINT8)
+    with grpc.insecure_channel(onnx_server.address) as channel:
+        response_bytes = pb_grpc.PrelabelServiceStub(channel).Predict(request, timeout=60).ByteSize()
+    running = start_extra_server(max_message_bytes=response_bytes + 40)  # room for short ids only
+    ids = ["short", "images/" + "x" * 200 + ".png", "after"]
+    with grpc.insecure_channel(running.address) as channel:
+        stream = pb_grpc.PrelabelServiceStub(channel).PredictStream(
+            iter([pb.PredictStreamRequest(id=item_id, request=request) for item_id in ids]), timeout=60)
+        outcomes = {item.id: item for item in stream}
+    assert [outcomes[i].WhichOneof("outcome") for i in ids] == ["response", "error", "response"]
+    assert outcomes[ids[1]].error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert "PRELABEL_MAX_MESSAGE_BYTES" in outcomes[ids[1]].error.message

@@ -20,7 +20,7 @@ from prelabel_server.grpc_api.streaming import RequestT, ResponseT, process_stre
 
 log = logging.getLogger(__name__)
 
-_ENVELOPE_BYTES = 64  # stream wrapper (id, oneof tag) around the checked message
+_ENVELOPE_BYTES = 16  # a streamed item's tags and lengths around its id and the checked message
 
 
 class StreamSlots:
@@ -110,7 +110,7 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
         """``run()``, or the ItemError it raised; a result too large for one message is an error too."""
         try:
             message = run()
-            self._check_size(message)
+            self._check_size(message, wrapper_bytes=_ENVELOPE_BYTES + len(item_id.encode()))
             return message
         except PrelabelError as exc:
             return pb.ItemError(code=exc.code.value[0], message=exc.message)
@@ -119,9 +119,11 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
             return pb.ItemError(code=grpc.StatusCode.INTERNAL.value[0],
                                 message="internal error: the server log has the details")
 
-    def _check_size(self, message: Message) -> None:
-        size, limit = message.ByteSize(), self._engine.settings.max_message_bytes
-        if size > limit - _ENVELOPE_BYTES:
+    def _check_size(self, message: Message, wrapper_bytes: int = 0) -> None:
+        """RESOURCE_EXHAUSTED for a response over the message limit with ``wrapper_bytes`` around it
+        (a streamed item's id, which the client chooses, and its tags): gRPC would fail the call."""
+        size, limit = message.ByteSize() + wrapper_bytes, self._engine.settings.max_message_bytes
+        if size > limit:
             raise ResourceExhausted(f"the response would be {size} bytes, over the server's message limit of {limit} "
                                     "bytes (PRELABEL_MAX_MESSAGE_BYTES): ask for fewer outputs (probabilities are "
                                     "the largest), a compact format, or a smaller image")
