@@ -56,6 +56,12 @@ def _error_from(exc: grpc.RpcError) -> PrelabelError:
     return error_for_code(exc.code(), details)
 
 
+def _check_window(window: int) -> None:
+    """A stream with no image allowed in flight would wait for ever: refused before it opens."""
+    if window < 1:
+        raise ValueError(f"window must be at least 1 (images sent ahead of their results), got {window}")
+
+
 def _retry_service_config(attempts: int) -> str:
     """gRPC's own retry policy: only UNAVAILABLE is retried, with exponential back-off."""
     policy = {"maxAttempts": attempts, "initialBackoff": "0.2s", "maxBackoff": "5s", "backoffMultiplier": 2,
@@ -159,6 +165,7 @@ class PreLabelClient:
         def build(item_id: str, image: ImageInput) -> pb.PredictStreamRequest:
             return pb.PredictStreamRequest(id=item_id, request=self.request(image, **options))
 
+        _check_window(window)
         return self._ordered_stream(self._stub.PredictStream, images, build, "response", prediction_from_response,
                                     window, raise_on_error, timeout)
 
@@ -171,6 +178,7 @@ class PreLabelClient:
             return pb.ScoreRequest(id=item_id, request=self.request(image, **options), return_embedding=embeddings,
                                    top_fraction=top_fraction)
 
+        _check_window(window)
         return self._ordered_stream(self._stub.Score, images, build, "scores", scores_from_message,
                                     window, raise_on_error, timeout)
 

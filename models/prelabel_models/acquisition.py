@@ -54,14 +54,17 @@ def k_center_greedy(embeddings: np.ndarray, budget: int, selected: Sequence[int]
     chosen: list[int] = []
     if selected:
         nearest = np.min(_distances(points, points[list(selected)]), axis=1)
+        nearest[list(selected)] = -np.inf
     else:
         first = int(np.argmax(np.linalg.norm(points - points.mean(axis=0), axis=1)))
         chosen.append(first)
         nearest = _distances(points, points[[first]])[:, 0]
+        nearest[first] = -np.inf
     while len(chosen) < min(budget, len(points) - len(selected)):
-        candidate = int(np.argmax(nearest))
+        candidate = int(np.argmax(nearest))  # chosen points are at -inf: identical images are still picked once each
         chosen.append(candidate)
         nearest = np.minimum(nearest, _distances(points, points[[candidate]])[:, 0])
+        nearest[candidate] = -np.inf
     return chosen
 
 

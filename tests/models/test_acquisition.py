@@ -51,6 +51,15 @@ def test_k_center_greedy_extends_an_existing_selection():
     assert k_center_greedy(points, 1, selected=[0]) == [3]
 
 
+def test_k_center_greedy_picks_identical_images_once_each():
+    """With copies of one image in the pool, every distance to the chosen ones is 0: the argmax
+    once fell back on an image already chosen, and the same image filled the whole budget."""
+    points = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [5.0, 5.0]])
+    for selected in ((), (3,)):
+        chosen = k_center_greedy(points, 4 - len(selected), selected=selected)
+        assert sorted(chosen + list(selected)) == [0, 1, 2, 3]
+
+
 def test_strategies_rank_and_diversify():
     pool = [PoolItem(f"img{i}", score, np.array([float(i // 2)])) for i, score in enumerate([0.9, 0.8, 0.7, 0.1, 0.6, 0.5])]
     assert select(pool, 2, "uncertainty") == [0, 1]

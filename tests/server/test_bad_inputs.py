@@ -141,6 +141,13 @@ def test_more_unreadable_inputs_than_the_window_are_each_reported_and_the_stream
     assert all("cannot be sent" in results[i].error.message for i in (0, 1, 2, 4))
 
 
+def test_a_stream_with_no_image_allowed_in_flight_is_refused_before_it_opens(onnx_client: PreLabelClient,
+                                                                             small_camvid_png: bytes) -> None:
+    for stream in (onnx_client.predict_many, onnx_client.score_many):
+        with pytest.raises(ValueError, match="window must be at least 1"):
+            stream([small_camvid_png], window=0)
+
+
 @pytest.fixture(scope="module")
 def limited_server(start_extra_server) -> RunningServer:
     """A server with small limits: 200 kB messages, 100 000 pixels."""
