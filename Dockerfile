@@ -13,7 +13,7 @@ FROM python:${PYTHON_VERSION}-slim AS export
 WORKDIR /src
 COPY . .
 RUN pip install --no-cache-dir '.[server]' \
- && for package in models/*/card.json; do prelabel export "$(dirname "$package")" --check-images samples/camvid; done
+ && for package in models/*/card.json; do prelabel export "$(dirname "$package")" --check-images samples/camvid || exit 1; done
 
 # GPU image: both backends; `auto` picks torch on the GPU.
 FROM python:${PYTHON_VERSION}-slim AS gpu

@@ -209,7 +209,8 @@ class ServerProcess:
     def __init__(self, model_repository: Path, processes: int = 1, **env: str) -> None:
         self.port = _free_port()
         environment = {**os.environ, "PRELABEL_PORT": str(self.port), "PRELABEL_BACKEND": "onnx",
-                       "PRELABEL_MODEL_REPOSITORY": str(model_repository), **env}
+                       "PRELABEL_MODEL_REPOSITORY": str(model_repository),
+                       "PRELABEL_REUSE_PORT": str(processes > 1).lower(), **env}
         self.processes = []
         self._log = tempfile.TemporaryFile("w+")  # the servers' log, shown if one fails to start
         for _ in range(processes):

@@ -182,7 +182,7 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
 
     select = commands.add_parser("select", help="rank a folder of unlabelled images and pick the next K to label")
     select.add_argument("pool", type=Path, help="folder of unlabelled images")
-    select.add_argument("--budget", type=int, required=True, help="how many images to pick")
+    select.add_argument("--budget", type=_count, required=True, help="how many images to pick")
     select.add_argument("--strategy", default="diverse", choices=["uncertainty", "diverse", "random"],
                         help="uncertainty: the K highest scores; diverse: uncertain and varied (k-center over "
                              "embeddings); random: the baseline (default diverse)")
@@ -222,6 +222,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _usage_error(exc: Exception) -> str | None:
+    """What to tell the user, in one line, when the command's input or settings cannot be used (a
+    package without a card, a folder that does not exist, a setting out of range, a busy port);
+    None for anything else, which keeps its traceback."""
+    from prelabel_models.package import ModelPackageError
+
+    if isinstance(exc, (ModelPackageError, OSError)):
+        return str(exc)
+    if type(exc).__name__ != "ValidationError" or not hasattr(exc, "errors"):
+        return None
+    if getattr(exc, "title", "") == "ServerSettings":  # pydantic, on the PRELABEL_* environment
+        return "; ".join(f"PRELABEL_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']} (got {error['input']!r})"
+                         for error in exc.errors())
+    return str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -229,6 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrelabelError as exc:  # the server's answer, said plainly: no traceback
         print(f"prelabel: {exc.code.name}: {exc.message}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        message = _usage_error(exc)
+        if message is None:
+            raise
+        print(f"prelabel {args.command}: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

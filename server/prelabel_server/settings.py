@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,10 +23,13 @@ class ServerSettings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="Address to listen on; 0.0.0.0 for all interfaces.")
     port: int = Field(default=50051, ge=0, le=65535, description="TCP port; 0 picks a free one.")
+    reuse_port: bool = Field(default=False, description=(
+        "Let several server processes listen on one port (SO_REUSEPORT: the kernel spreads connections "
+        "over them). Off: a port already in use is a startup error, not a second server beside the first."))
     model_repository: Path = Field(default_factory=default_model_repository,
                                    description="Folder whose sub-folders are model packages.")
     default_model: str = Field(default="", description="Model used when a request names none; empty: the first ready model by name.")
-    backend: str = Field(default="auto", description="auto (torch on a GPU, onnx on the CPU), torch or onnx.")
+    backend: Literal["auto", "torch", "onnx"] = Field(default="auto", description="auto (torch on a GPU, onnx on the CPU), torch or onnx.")
     device: str = Field(default="", description="Device override, e.g. cpu, cuda:0; empty: the backend's choice.")
     fp16: bool = Field(default=False, description="fp16 autocast for the torch backend on CUDA.")
     device_maps: bool = Field(default=True, description=(

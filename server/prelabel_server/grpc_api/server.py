@@ -77,11 +77,15 @@ def _update_health(running_health: health.HealthServicer, engine: Engine) -> Non
 
 def _bind(server: grpc.Server, settings: ServerSettings) -> int:
     address = f"{settings.host}:{settings.port}"
-    if settings.tls_certificate and settings.tls_private_key:
-        credentials = grpc.ssl_server_credentials(
-            [(settings.tls_private_key.read_bytes(), settings.tls_certificate.read_bytes())])
-        return server.add_secure_port(address, credentials)
-    return server.add_insecure_port(address)
+    try:
+        if settings.tls_certificate and settings.tls_private_key:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_private_key.read_bytes(), settings.tls_certificate.read_bytes())])
+            return server.add_secure_port(address, credentials)
+        return server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio's "Failed to bind"
+        raise OSError(f"cannot listen on {address} ({exc}): is another server using the port? Choose another "
+                      "with PRELABEL_PORT, or set PRELABEL_REUSE_PORT=true to run several processes on it") from None
 
 
 def start_server(settings: ServerSettings) -> RunningServer:
@@ -91,7 +95,8 @@ def start_server(settings: ServerSettings) -> RunningServer:
     interceptors = [TokenInterceptor(settings.auth_token)] if settings.auth_token else []
     interceptors.append(ErrorInterceptor())
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
-              ("grpc.max_send_message_length", settings.max_message_bytes)]
+              ("grpc.max_send_message_length", settings.max_message_bytes),
+              ("grpc.so_reuseport", int(settings.reuse_port))]  # gRPC's default (on) let a second server share a busy port
     server = grpc.server(ThreadPoolExecutor(settings.workers, thread_name_prefix="rpc"),
                          interceptors=interceptors, options=limits, maximum_concurrent_rpcs=settings.admitted_rpcs)
     stream_executor = ThreadPoolExecutor(settings.stream_workers, thread_name_prefix="stream-item")
@@ -103,9 +108,13 @@ def start_server(settings: ServerSettings) -> RunningServer:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    port = _bind(server, settings)
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+    try:
+        port = _bind(server, settings)
+        if port == 0:
+            raise OSError(f"cannot listen on {settings.host}:{settings.port}: is another server using the port?")
+    except OSError:
+        engine.close()  # its models' threads would outlive the server that never started
+        raise
     server.start()
     if settings.metrics_port:
         start_metrics_server(settings.metrics_port, settings.host)

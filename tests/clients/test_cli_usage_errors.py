@@ -1,0 +1,35 @@
+"""Unusable settings or inputs get one line that says what is wrong and exit status 2, never a
+traceback (checked on the real command, in its own process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _prelabel(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "prelabel_client.cli", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **env})
+
+
+@pytest.mark.parametrize(("args", "env", "says"), [
+    (("serve",), {"PRELABEL_BACKEND": "tensorflow"}, "PRELABEL_BACKEND: Input should be 'auto', 'torch' or 'onnx'"),
+    (("serve",), {"PRELABEL_PORT": "abc"}, "PRELABEL_PORT: Input should be a valid integer"),
+    (("serve",), {"PRELABEL_MODEL_REPOSITORY": "/no/such/folder"}, "is not a folder"),
+    (("select", "/no/such/pool", "--budget", "2", "--out", "selection.json"), {}, "No such file or directory"),
+    (("select", "samples", "--budget", "-1", "--out", "selection.json"), {}, "--budget: must be 0 or more"),
+])
+def test_unusable_settings_and_inputs_get_one_line(args, env, says, tmp_path: Path):
+    run = _prelabel(*args, **env)
+    assert run.returncode == 2
+    assert says in run.stderr and "Traceback" not in run.stderr
+
+
+def test_export_of_a_folder_without_a_card_says_so(tmp_path: Path):
+    run = _prelabel("export", str(tmp_path))
+    assert run.returncode == 2
+    assert "has no card.json" in run.stderr and "Traceback" not in run.stderr
