@@ -27,8 +27,14 @@ class ModelPackage:
             raise ModelPackageError(f"{folder} has no {CARD_FILE}: not a model package")
         try:
             card = ModelCard.load(folder)
-        except ValidationError as exc:
+        except ValidationError as exc:  # also JSON that does not parse
             raise ModelPackageError(f"{folder / CARD_FILE} is invalid: {exc}") from exc
+        # Not a ValidationError, yet just as much the package's fault: callers (the registry, the
+        # repository watcher) only expect ModelPackageError, and anything else escaped them.
+        except UnicodeDecodeError as exc:
+            raise ModelPackageError(f"{folder / CARD_FILE} is not UTF-8 text ({exc}): save it as UTF-8") from exc
+        except OSError as exc:
+            raise ModelPackageError(f"{folder / CARD_FILE} cannot be read: {exc}") from exc
         return cls(folder=folder, card=card)
 
     @property

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prelabel_models import ModelCard, ModelPackage, ModelPackageError, find_packages
 from prelabel_models.backends import Backend, create_backend, resolve_backend_name
+from prelabel_models.card import CARD_FILE
 from prelabel_models.predictor import Predictor
 from prelabel_proto.errors import FailedPrecondition, InvalidInput, ModelNotFound, ModelUnavailable
 from prelabel_server import metrics
@@ -63,14 +64,19 @@ class ModelRegistry:
             served = self._load(folder)
             with self._lock:
                 if served.name in self._models:
-                    if served.batcher is not None:
-                        served.batcher.stop()
-                    key = f"{served.name}@{folder.name}"  # its own name, so health and ListModels tell them apart
-                    served = ServedModel(key, folder, "failed", served.card,
-                                         error=f"duplicate model name {served.name!r} (also in {self._models[served.name].folder})")
-                    self._models[key] = served
-                else:
-                    self._models[served.name] = served
+                    served = self._duplicate(served, self._models[served.name])
+                self._models[served.name] = served
+
+    @staticmethod
+    def _duplicate(served: ServedModel, first: ServedModel) -> ServedModel:
+        """``served``, a second package claiming ``first``'s model name, as a failed model under its own
+        name (so health and ListModels tell them apart): it never replaces ``first``. It keeps its
+        fingerprint, so the repository watcher sees it as tried and leaves it until its files change."""
+        if served.batcher is not None:
+            served.batcher.stop()
+        return ServedModel(f"{served.name}@{served.folder.name}", served.folder, "failed", served.card,
+                           error=f"duplicate model name {served.name!r} (also in {first.folder})",
+                           fingerprint=served.fingerprint)
 
     def _load(self, folder: Path) -> ServedModel:
         served = ServedModel(name=folder.name, folder=folder, fingerprint=package_fingerprint(folder))
@@ -144,20 +150,39 @@ class ModelRegistry:
         if not name:
             raise InvalidInput("ReloadModel needs the model's name")
         try:
-            return self._swap_in(name)
+            return self._swap_in(self._folder_of(name))
         finally:
             self._notify()
 
-    def _swap_in(self, name: str) -> tuple[ServedModel, str]:
+    def reload_folder(self, folder: Path) -> tuple[ServedModel, str]:
+        """Like ``reload``, for the package in ``folder`` (the repository watcher knows folders, not
+        names: a new folder may hold a new model, or a duplicate of one already served)."""
+        try:
+            return self._swap_in(folder)
+        finally:
+            self._notify()
+
+    def _swap_in(self, folder: Path) -> tuple[ServedModel, str]:
+        """Loads ``folder`` and files it under its card's name, as ``load_all`` would: a package that
+        claims a name another folder serves is a failed duplicate, and failed entries this folder left
+        under other names (its folder name while its card was unreadable, or a duplicate's name) go."""
         with self._reload_lock:
-            fresh = self._load(self._folder_of(name))
+            fresh = self._load(folder)
             with self._lock:
-                old = self._models.get(name)
+                if fresh.card is None:  # unreadable card: its entry stays under the name it had
+                    fresh.name = next((key for key, m in self._models.items() if m.folder == folder), fresh.name)
+                first = self._models.get(fresh.name)
+                if first is not None and first.folder != folder and (first.folder / CARD_FILE).is_file():
+                    fresh = self._duplicate(fresh, first)
+                name, old = fresh.name, self._models.get(fresh.name)
                 if fresh.state != "ready" and old is not None and old.state == "ready":
                     raise FailedPrecondition(f"model {name!r} failed to load from {fresh.folder}; still serving "
                                              f"version {old.card.version!r}: {fresh.error}")
                 self._models[name] = fresh
-                self._unloadable.pop(fresh.folder, None)
+                for stale in [key for key, m in self._models.items()
+                              if m.folder == folder and key != name and m.state == "failed"]:
+                    del self._models[stale]
+                self._unloadable.pop(folder, None)
             if old is not None and old.batcher is not None:
                 old.batcher.stop()
             if fresh.state != "ready":

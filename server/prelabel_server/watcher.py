@@ -11,6 +11,7 @@ into an outage); restart the server to drop it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -53,21 +54,29 @@ class RepositoryWatcher:
         settled = [folder for folder, fingerprint in current.items()
                    if fingerprint != loaded.get(folder) and fingerprint == self._previous_poll.get(folder)]
         self._previous_poll = current
-        return [name for name in map(self._reload, settled) if name]
+        reloaded = []
+        for folder in settled:
+            try:
+                reloaded.append(self._reload(folder))
+            except Exception:  # one package's surprise must not hold back the others' updates
+                log.exception("model package %s changed but could not be reloaded", folder)
+                with contextlib.suppress(OSError):  # gone meanwhile: nothing to remember
+                    self._registry.remember_fingerprint(folder)
+        return [name for name in reloaded if name]
 
     def _reload(self, folder: Path) -> str:
         try:
-            name = ModelPackage.open(folder).card.name
+            ModelPackage.open(folder)
         except ModelPackageError as exc:
             log.error("model package %s changed but cannot be read: %s", folder, exc)
             self._registry.remember_fingerprint(folder)  # do not retry until it changes again
             return ""
-        try:
-            self._registry.reload(name)
+        try:  # by folder, not by the card's name: that name may be another folder's (a duplicate)
+            served, _ = self._registry.reload_folder(folder)
         except PrelabelError as exc:
             log.error("model package %s changed but did not load (the previous version, if any, keeps serving): %s",
                       folder, exc)
             self._registry.remember_fingerprint(folder)
             return ""
-        log.info("model %s reloaded from %s after it changed", name, folder)
-        return name
+        log.info("model %s reloaded from %s after it changed", served.name, folder)
+        return served.name

@@ -12,7 +12,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prelabel_client import PreLabelClient
 from prelabel_models import ModelPackage
 from prelabel_server.grpc_api.server import start_server
+from prelabel_server.registry import ModelRegistry
 from prelabel_server.settings import ServerSettings
+from prelabel_server.watcher import RepositoryWatcher
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +46,19 @@ def test_health_keeps_the_first_serving(duplicates) -> None:
                     for name in ("", "models/unet", "models/unet@b-unet")}
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     assert statuses == {"": serving, "models/unet": serving, "models/unet@b-unet": not_serving}
+
+
+def test_the_watcher_leaves_a_startup_duplicate_and_the_first_alone(model_repository: Path, tmp_path: Path) -> None:
+    """The duplicate counts as tried: polling neither retries it nor reloads the model it duplicates."""
+    unet = ModelPackage.open(model_repository / "unet")
+    unet.copy_to(tmp_path / "a-unet")
+    unet.copy_to(tmp_path / "b-unet")
+    registry = ModelRegistry(ServerSettings(model_repository=tmp_path, backend="onnx", batching=False))
+    registry.load_all()
+    serving = registry.ready("unet")
+    watcher = RepositoryWatcher(registry, tmp_path, interval_seconds=60)
+    for _ in range(3):
+        assert watcher.poll() == []
+    assert registry.ready("unet") is serving
+    assert [(m.name, m.state) for m in registry.all()] == [("unet", "ready"), ("unet@b-unet", "failed")]
+    registry.close()

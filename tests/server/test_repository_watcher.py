@@ -3,13 +3,19 @@ package is loaded, and a broken rewrite leaves the previous version serving."""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from prelabel_client import PreLabelClient
-from prelabel_models import ModelPackage
+from prelabel_models import ModelPackage, ModelPackageError
+from prelabel_models.card import CARD_FILE
+from prelabel_proto.errors import ModelNotFound
 from prelabel_server.grpc_api.server import start_server
 from prelabel_server.registry import ModelRegistry
 from prelabel_server.settings import ServerSettings
@@ -62,5 +68,118 @@ def test_the_server_picks_up_a_new_version_by_itself(repository: Path, small_cam
                 assert time.monotonic() < deadline, "the server did not reload the changed package within 30 s"
                 time.sleep(0.1)
             assert client.predict(small_camvid_png, model="watched").model_version == "2"
+    finally:
+        running.stop(grace=0)
+
+
+# --- Packages the watcher must not trip over: copies of models/camvid (large files linked, card rewritten) ---
+
+def _camvid_package(repo_root: Path, folder: Path, **card: object) -> Path:
+    """``models/camvid`` in ``folder`` with ``card`` fields changed: its large files linked, its card a real file."""
+    source = repo_root / "models" / "camvid"
+    if not (source / CARD_FILE).is_file():
+        pytest.skip(f"no model package at {source}")
+    folder.mkdir()
+    for path in source.iterdir():
+        if path.name != CARD_FILE:
+            (folder / path.name).symlink_to(path)
+    (folder / CARD_FILE).write_text(json.dumps(json.loads((source / CARD_FILE).read_text()) | card))
+    return folder
+
+
+def _watch(repository: Path) -> tuple[ModelRegistry, RepositoryWatcher]:
+    registry = ModelRegistry(ServerSettings(model_repository=repository, backend="onnx", batching=False))
+    registry.load_all()
+    watcher = RepositoryWatcher(registry, repository, interval_seconds=60)
+    assert watcher.poll() == []
+    return registry, watcher
+
+
+def _errors_about(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and text in r.getMessage()]
+
+
+def test_a_new_folder_reusing_a_served_name_is_a_failed_duplicate(tmp_path: Path, repo_root: Path,
+                                                                   caplog: pytest.LogCaptureFixture):
+    """As at startup: the copy is listed failed under its own name, once; the served model is not reloaded."""
+    _camvid_package(repo_root, tmp_path / "camvid")
+    registry, watcher = _watch(tmp_path)
+    serving = registry.ready("camvid")
+    _camvid_package(repo_root, tmp_path / "camvid2")  # the same card: name 'camvid'
+    for _ in range(4):
+        assert watcher.poll() == []
+    assert registry.ready("camvid") is serving, "the served model was reloaded"
+    assert [(m.name, m.state) for m in registry.all()] == [("camvid", "ready"), ("camvid@camvid2", "failed")]
+    error = registry.get("camvid@camvid2").error
+    assert "duplicate model name 'camvid'" in error and str(tmp_path / "camvid") in error
+    assert len(_errors_about(caplog, "camvid2")) == 1, "logged once, not on every poll"
+    registry.close()
+
+
+def test_a_card_that_is_not_utf8_is_reported_once_and_holds_back_no_other_update(
+        tmp_path: Path, repo_root: Path, caplog: pytest.LogCaptureFixture):
+    _camvid_package(repo_root, tmp_path / "camvid")
+    registry, watcher = _watch(tmp_path)
+    latin1 = _camvid_package(repo_root, tmp_path / "aaa", name="aaa")  # sorts before camvid
+    card = json.loads((latin1 / CARD_FILE).read_text()) | {"description": "Straße modèle"}
+    (latin1 / CARD_FILE).write_bytes(json.dumps(card, ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(ModelPackageError, match="not UTF-8"):
+        ModelPackage.open(latin1)
+    _rewrite_card(tmp_path / "camvid", version="2")
+    watcher.poll()
+    assert watcher.poll() == ["camvid"]
+    assert registry.ready("camvid").card.version == "2"
+    assert watcher.poll() == [] and watcher.poll() == []
+    errors = _errors_about(caplog, "aaa")
+    assert len(errors) == 1 and "not UTF-8" in errors[0], errors
+    registry.close()
+
+
+def _roads_v2_failed_at_startup(repo_root: Path, repository: Path) -> tuple[ModelRegistry, RepositoryWatcher]:
+    """Folder ``roads-v2``, card name ``roads``: the card is invalid when the server starts."""
+    _camvid_package(repo_root, repository / "roads-v2", name="roads", tile_overlap=9999)
+    registry, watcher = _watch(repository)
+    assert [(m.name, m.state) for m in registry.all()] == [("roads-v2", "failed")]
+    card = repository / "roads-v2" / CARD_FILE
+    card.write_text(json.dumps(json.loads(card.read_text()) | {"tile_overlap": 64}))  # fixed
+    return registry, watcher
+
+
+def test_a_fixed_package_leaves_no_failed_entry_under_its_folder_name(tmp_path: Path, repo_root: Path):
+    registry, watcher = _roads_v2_failed_at_startup(repo_root, tmp_path)
+    watcher.poll()
+    assert watcher.poll() == ["roads"]
+    assert [(m.name, m.state) for m in registry.all()] == [("roads", "ready")]
+    registry.close()
+
+
+def test_reloading_a_failed_folder_name_loads_that_package_once(tmp_path: Path, repo_root: Path):
+    registry, _ = _roads_v2_failed_at_startup(repo_root, tmp_path)
+    served, previous = registry.reload("roads-v2")  # the name ListModels showed
+    assert (served.name, served.state, previous) == ("roads", "ready", "")
+    assert [(m.name, m.state) for m in registry.all()] == [("roads", "ready")]
+    with pytest.raises(ModelNotFound):  # filed under its card's name, not a second time under the folder's
+        registry.get("roads-v2")
+    assert registry.reload("roads")[1] == "1"
+    assert [(m.name, m.state) for m in registry.all()] == [("roads", "ready")]
+    registry.close()
+
+
+def test_health_forgets_a_failed_name_once_its_fixed_package_is_served(tmp_path: Path, repo_root: Path):
+    """The health names of an entry gone from the registry once answered their last status for
+    ever: ``models/roads-v2`` stayed NOT_SERVING after the package loaded as ``roads``."""
+    _camvid_package(repo_root, tmp_path / "roads-v2", name="roads", tile_overlap=9999)
+    running = start_server(ServerSettings(host="127.0.0.1", port=0, model_repository=tmp_path, backend="onnx"))
+    try:
+        with PreLabelClient(running.address, timeout=60) as client, grpc.insecure_channel(running.address) as channel:
+            def status(service: str) -> int:
+                return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service)).status
+
+            assert status("models/roads-v2") == health_pb2.HealthCheckResponse.NOT_SERVING
+            card = tmp_path / "roads-v2" / CARD_FILE
+            card.write_text(json.dumps(json.loads(card.read_text()) | {"tile_overlap": 64}))
+            assert client.reload_model("roads-v2")[0].name == "roads"
+            assert status("models/roads") == health_pb2.HealthCheckResponse.SERVING
+            assert status("models/roads-v2") == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
     finally:
         running.stop(grace=0)

@@ -62,17 +62,33 @@ class _BoundedWatchHealth(health.HealthServicer):
             yield from super().Watch(request, context, send_response_callback)
 
 
-def _update_health(running_health: health.HealthServicer, engine: Engine) -> None:
-    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-    models = engine.models()
-    for status in models:
-        ready = status.state == "ready"
-        running_health.set(model_health_name(status.name), serving if ready else not_serving)
-        # Serving, but not on its device (see device_fallback): a separate name, so that routing can tell.
-        running_health.set(f"{model_health_name(status.name)}/device", serving if ready and not status.degradation else not_serving)
-    overall = serving if any(s.state == "ready" and s.is_default for s in models) else not_serving
-    running_health.set("", overall)
-    running_health.set(SERVICE_NAME, overall)
+class _ModelHealth:
+    """Publishes every model's health names from the registry. A model gone from it (renamed, or a
+    failed entry replaced once its package is fixed) becomes SERVICE_UNKNOWN instead of keeping its
+    last status. Registry listeners run on the watcher's and reloading threads, hence the lock."""
+
+    def __init__(self, servicer: health.HealthServicer, engine: Engine) -> None:
+        self._servicer, self._engine = servicer, engine
+        self._published: set[str] = set()
+        self._lock = threading.Lock()
+
+    def update(self) -> None:
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        with self._lock:
+            models = self._engine.models()
+            for gone in self._published - {status.name for status in models}:
+                for name in (model_health_name(gone), f"{model_health_name(gone)}/device"):
+                    self._servicer.set(name, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            self._published = {status.name for status in models}
+            for status in models:
+                ready = status.state == "ready"
+                self._servicer.set(model_health_name(status.name), serving if ready else not_serving)
+                # Serving, but not on its device (see device_fallback): a separate name, so that routing can tell.
+                self._servicer.set(f"{model_health_name(status.name)}/device",
+                                   serving if ready and not status.degradation else not_serving)
+            overall = serving if any(s.state == "ready" and s.is_default for s in models) else not_serving
+            self._servicer.set("", overall)
+            self._servicer.set(SERVICE_NAME, overall)
 
 
 def _bind(server: grpc.Server, settings: ServerSettings) -> int:
@@ -104,7 +120,8 @@ def start_server(settings: ServerSettings) -> RunningServer:
     health_servicer = _BoundedWatchHealth(stream_slots)
     pb_grpc.add_PrelabelServiceServicer_to_server(
         PrelabelServicer(engine, stream_executor, stream_slots), server)
-    engine.registry.add_listener(lambda: _update_health(health_servicer, engine))
+    model_health = _ModelHealth(health_servicer, engine)
+    engine.registry.add_listener(model_health.update)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
@@ -118,7 +135,7 @@ def start_server(settings: ServerSettings) -> RunningServer:
     server.start()
     if settings.metrics_port:
         start_metrics_server(settings.metrics_port, settings.host)
-    _update_health(health_servicer, engine)
+    model_health.update()
     return RunningServer(server, port, engine, health_servicer, stream_executor)
 
 
