@@ -10,14 +10,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 from tqdm import tqdm
 
 from prelabel_client.client import PreLabelClient
-from prelabel_client.outputs import write_prediction
+from prelabel_client.outputs import OutputWriteError, output_names, write_prediction
 from prelabel_client.results import FailedPrediction
-from prelabel_proto.errors import ResourceExhausted
+from prelabel_proto.errors import InvalidInput, PrelabelError, ResourceExhausted
 
 ResultT = TypeVar("ResultT")
 
@@ -42,22 +42,82 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
                   measure: str = "entropy", patience_s: float = 600.0) -> BatchReport:
     """Pre-annotates ``images`` into ``out_dir`` over one stream. A server at its limit of open
     streams or calls refuses the stream before any image is processed; the job then waits its turn
-    (up to ``patience_s``) instead of failing."""
-    palette = client.model(model).palette
+    (up to ``patience_s``) instead of failing.
+
+    Each image gets its own output names (see ``output_names``: the stem, or the stem and a short
+    hash of the path where stems repeat); no input file is ever written over. ``manifest.jsonl``
+    gets one line per image as its result arrives: its files, or the error (a file that cannot be
+    written makes the image a failure). ``out_dir`` is checked before any request: one that cannot
+    be created or written raises InvalidInput. Should the job stop early (the stream lost, the
+    server gone), every image not processed is listed in the manifest as failed with that error
+    before the error propagates."""
+    images = [Path(image) for image in images]
+    manifest = _open_manifest(out_dir, images)
     report = BatchReport(out_dir)
-    manifest = []
-    results = _stream_when_admitted(lambda: client.predict_many(images, raise_on_error=False, model=model,
-                                                                measure=measure), patience_s)
-    for image, result in tqdm(zip(images, results), total=len(images), unit="img", desc="pre-annotating"):
-        if isinstance(result, FailedPrediction):
-            report.failures[str(image)] = f"{result.error.code.name}: {result.error.message}"
-            manifest.append({"image": str(image), "error": report.failures[str(image)]})
-            continue
-        manifest.append({"image": str(image), **write_prediction(result, image, out_dir, palette)})
-        report.written += 1
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "manifest.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in manifest))
+    done = 0
+    try:
+        names = output_names(images, out_dir)
+        palette = client.model(model).palette
+        results = _stream_when_admitted(lambda: client.predict_many(images, raise_on_error=False, model=model,
+                                                                    measure=measure), patience_s)
+        for image, name, result in tqdm(zip(images, names, results), total=len(images), unit="img",
+                                        desc="pre-annotating"):
+            if isinstance(result, FailedPrediction):
+                error = f"{result.error.code.name}: {result.error.message}"
+                entry: dict[str, str] = {"image": str(image), "error": error}
+            else:
+                try:
+                    entry = {"image": str(image), **write_prediction(result, image, out_dir, palette, name=name)}
+                except OutputWriteError as exc:
+                    error = f"not written: {exc}"
+                    entry = {"image": str(image), "error": error}
+            if "error" in entry:
+                report.failures[str(image)] = error
+            else:
+                report.written += 1
+            _append(manifest, entry)
+            done += 1
+        for image in images[done:]:  # a stream that ended without an answer for every image
+            report.failures[str(image)] = "no result: the stream ended before this image was processed"
+            _append(manifest, {"image": str(image), "error": report.failures[str(image)]})
+            done += 1
+    except BaseException as exc:
+        error = f"not processed: {_describe(exc)}"
+        try:
+            for image in images[done:]:
+                _append(manifest, {"image": str(image), "error": error})
+        except OSError:  # the manifest itself cannot be written: the job's own error matters more
+            pass
+        raise
+    finally:
+        manifest.close()
     return report
+
+
+def _open_manifest(out_dir: Path, images: list[Path]) -> TextIO:
+    """Creates ``out_dir`` and opens its ``manifest.jsonl`` for writing, before anything is asked
+    of the server; a path that is a file, a folder that cannot be written, or a manifest that is
+    one of the inputs raises InvalidInput."""
+    manifest = out_dir / "manifest.jsonl"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if manifest.exists() and any(image.exists() and manifest.samefile(image) for image in images):
+            raise InvalidInput(f"cannot write results to {out_dir}: {manifest} is one of the inputs")
+        return manifest.open("w", encoding="utf-8")
+    except OSError as exc:
+        reason = "it is a file, not a folder" if out_dir.exists() and not out_dir.is_dir() else exc.strerror or exc
+        raise InvalidInput(f"cannot write results to {out_dir}: {reason}") from exc
+
+
+def _append(manifest: TextIO, entry: dict[str, str]) -> None:
+    manifest.write(json.dumps(entry) + "\n")
+    manifest.flush()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, PrelabelError):
+        return f"{exc.code.name}: {exc.message}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _server_busy(error: ResourceExhausted) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -31,33 +32,113 @@ def heat_map(uncertainty: np.ndarray) -> np.ndarray:
     return cv2.applyColorMap(np.rint(uncertainty * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
 
 
+OUTPUT_SUFFIXES = ("_mask.png", "_overlay.png", "_uncertainty.png", ".json")
+"""What ``write_prediction`` appends to an image's output name; no two of them can end alike, so
+two images' files can only clash when their output names do."""
+
+
+class OutputWriteError(OSError):
+    """An output file could not be written (a name too long for the file system, a full disk...)."""
+
+
+def output_paths(out_dir: Path, name: str) -> list[Path]:
+    return [out_dir / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES]
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def output_names(images: list[Path], out_dir: Path) -> list[str]:
+    """A distinct output name per input, deterministic for a given list of inputs.
+
+    An image's name is its stem when no other input of the job has the same stem (compared
+    case-insensitively, as some file systems do); otherwise ``<stem>-<8 hex digits>``, the digits
+    being the start of the SHA-1 of the image's path as given (so ``a/img.png`` and ``b/img.png``
+    become ``img-…`` and ``img-…`` with different digits). Should a name still clash with another
+    one, or should one of its files (``<name>_mask.png``, ``<name>_overlay.png``,
+    ``<name>_uncertainty.png``, ``<name>.json``) be one of the job's input files, the input's
+    position is appended (``-2``, ``-3``...): an input file is never written over."""
+    inputs = {file_id for file_id in map(_file_id, images) if file_id is not None}
+    stems = [Path(image).stem for image in images]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem.casefold()] = counts.get(stem.casefold(), 0) + 1
+    taken: set[str] = {stem.casefold() for stem in stems if counts[stem.casefold()] == 1}
+
+    def usable(name: str) -> bool:
+        return all(_file_id(path) not in inputs for path in output_paths(out_dir, name))
+
+    names: list[str] = []
+    for index, (image, stem) in enumerate(zip(images, stems)):
+        if counts[stem.casefold()] == 1 and usable(stem):
+            names.append(stem)
+            continue
+        digest = hashlib.sha1(str(image).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        candidate, attempt = f"{stem}-{digest}", 1
+        while candidate.casefold() in taken or not usable(candidate):
+            attempt += 1
+            candidate = f"{stem}-{digest}-{index + 1}" if attempt == 2 else f"{stem}-{digest}-{index + 1}-{attempt}"
+        taken.add(candidate.casefold())
+        names.append(candidate)
+    return names
+
+
+def _write_image(path: Path, image: np.ndarray) -> None:
+    try:
+        ok = cv2.imwrite(str(path), image)
+    except cv2.error as exc:
+        raise OutputWriteError(f"could not write {path}: {exc}") from exc
+    if not ok:
+        raise OutputWriteError(f"could not write {path} (OpenCV's imwrite failed: is the name too long, "
+                               "the disk full or the folder read-only?)")
+
+
 def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
-                     palette: list[tuple[int, int, int]]) -> dict[str, str]:
-    """Writes ``<stem>_mask.png`` (the server's palette PNG, class ids as pixel values),
-    ``<stem>_overlay.png``, ``<stem>_uncertainty.png`` and ``<stem>.json``; returns their paths."""
+                     palette: list[tuple[int, int, int]], *, name: str | None = None) -> dict[str, str]:
+    """Writes ``<name>_mask.png`` (the server's palette PNG, class ids as pixel values),
+    ``<name>_overlay.png``, ``<name>_uncertainty.png`` and ``<name>.json`` (``name`` defaults to
+    the image's stem); returns their paths. A file that cannot be written raises OutputWriteError,
+    after removing the files this call had already written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(image_path).stem
+    stem = Path(image_path).stem if name is None else name
     written: dict[str, str] = {}
-    if prediction.mask is not None:
-        mask_path = out_dir / f"{stem}_mask.png"
-        if prediction.response.mask.format != pb.ARRAY_FORMAT_PNG_UINT8:
-            raise ValueError("write_prediction needs the mask requested as png_uint8 (the palette PNG)")
-        mask_path.write_bytes(prediction.response.mask.data)
-        written["mask"] = str(mask_path)
-        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-        if image is not None and image.shape[:2] == prediction.mask.shape:
-            blended = overlay(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), prediction.mask, palette)
-            overlay_path = out_dir / f"{stem}_overlay.png"
-            cv2.imwrite(str(overlay_path), cv2.cvtColor(blended, cv2.COLOR_RGB2BGR))
-            written["overlay"] = str(overlay_path)
-    if prediction.uncertainty is not None:
-        heat_path = out_dir / f"{stem}_uncertainty.png"
-        cv2.imwrite(str(heat_path), heat_map(prediction.uncertainty))
-        written["uncertainty"] = str(heat_path)
-    summary_path = out_dir / f"{stem}.json"
-    summary_path.write_text(json.dumps({"image": str(image_path), "model": prediction.model,
-                                        "model_version": prediction.model_version, "backend": prediction.backend,
-                                        "device": prediction.device, "summary": asdict(prediction.summary),
-                                        "timings_ms": prediction.timings_ms, "files": written}, indent=2))
-    written["summary"] = str(summary_path)
+    try:
+        if prediction.mask is not None:
+            mask_path = out_dir / f"{stem}_mask.png"
+            if prediction.response.mask.format != pb.ARRAY_FORMAT_PNG_UINT8:
+                raise ValueError("write_prediction needs the mask requested as png_uint8 (the palette PNG)")
+            _write_bytes(mask_path, prediction.response.mask.data)
+            written["mask"] = str(mask_path)
+            image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+            if image is not None and image.shape[:2] == prediction.mask.shape:
+                blended = overlay(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), prediction.mask, palette)
+                overlay_path = out_dir / f"{stem}_overlay.png"
+                _write_image(overlay_path, cv2.cvtColor(blended, cv2.COLOR_RGB2BGR))
+                written["overlay"] = str(overlay_path)
+        if prediction.uncertainty is not None:
+            heat_path = out_dir / f"{stem}_uncertainty.png"
+            _write_image(heat_path, heat_map(prediction.uncertainty))
+            written["uncertainty"] = str(heat_path)
+        summary_path = out_dir / f"{stem}.json"
+        _write_bytes(summary_path, json.dumps({
+            "image": str(image_path), "model": prediction.model, "model_version": prediction.model_version,
+            "backend": prediction.backend, "device": prediction.device, "summary": asdict(prediction.summary),
+            "timings_ms": prediction.timings_ms, "files": written}, indent=2).encode())
+        written["summary"] = str(summary_path)
+    except OutputWriteError:
+        for path in written.values():
+            Path(path).unlink(missing_ok=True)
+        raise
     return written
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise OutputWriteError(f"could not write {path}: {exc.strerror or exc}") from exc

@@ -1,0 +1,163 @@
+"""`predict_files` (what `prelabel predict` runs) against the real test server, on real files:
+every input gets its own outputs, no input is ever written over, a file that cannot be written is a
+reported failure, an output path that is a file is refused before any request, and a job whose
+stream dies still leaves a manifest naming what was done and what was not."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import prelabel_client.batch as batch
+from prelabel_client import PreLabelClient
+from prelabel_client.batch import predict_files
+from prelabel_client.cli import main as prelabel_main
+from prelabel_proto.errors import InvalidInput, PrelabelError
+from prelabel_server.grpc_api.server import start_server
+from prelabel_server.settings import ServerSettings
+
+FILE_KEYS = ("mask", "overlay", "uncertainty", "summary")
+
+
+def _write(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def _manifest(out: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def _listed_files(entry: dict[str, str]) -> list[str]:
+    return [entry[key] for key in FILE_KEYS if key in entry]
+
+
+def test_same_stems_in_different_folders_get_their_own_outputs(onnx_client: PreLabelClient, small_camvid_rgb,
+                                                               tmp_path: Path) -> None:
+    images = [_write(tmp_path / "dup" / "a" / "img.png", small_camvid_rgb),
+              _write(tmp_path / "dup" / "b" / "img.png", small_camvid_rgb[::-1].copy()),
+              _write(tmp_path / "dup" / "a" / "img.jpg", small_camvid_rgb[:, ::-1].copy()),
+              _write(tmp_path / "dup" / "other.png", small_camvid_rgb)]
+    out = tmp_path / "out"
+    report = predict_files(onnx_client, images, out)
+    assert (report.written, report.failed) == (4, 0)
+    manifest = _manifest(out)
+    assert [entry["image"] for entry in manifest] == list(map(str, images))
+    files = [path for entry in manifest for path in _listed_files(entry)]
+    assert len(files) == 16 and len(set(files)) == 16, "two inputs share an output file"
+    for entry in manifest:
+        assert set(entry) == {"image", *FILE_KEYS}
+        assert all(Path(path).is_file() for path in _listed_files(entry))
+        assert json.loads(Path(entry["summary"]).read_text())["image"] == entry["image"]
+    # each overlay is made from its own input (the inputs differ: flipped copies)
+    for entry, image in zip(manifest, images):
+        original = cv2.imread(str(image), cv2.IMREAD_COLOR).astype(np.int16)
+        blended = cv2.imread(entry["overlay"], cv2.IMREAD_COLOR).astype(np.int16)
+        others = [cv2.imread(str(other), cv2.IMREAD_COLOR).astype(np.int16) for other in images if other != image]
+        own_distance = np.abs(blended - original).mean()
+        assert all(own_distance < np.abs(blended - other).mean() for other in others if other.shape == original.shape
+                   and np.abs(other - original).mean() > 5)
+    # a unique stem keeps its readable name; repeated stems are told apart deterministically
+    assert Path(manifest[3]["mask"]).name == "other_mask.png"
+    assert all(Path(entry["mask"]).name.startswith("img-") for entry in manifest[:3])
+    assert _manifest(out) == manifest and predict_files(onnx_client, images, out).written == 4
+    assert _manifest(out) == manifest, "the names changed between two runs of the same job"
+
+
+def test_an_input_named_like_another_inputs_output_is_never_modified(onnx_client: PreLabelClient, small_camvid_rgb,
+                                                                     tmp_path: Path) -> None:
+    folder = tmp_path / "ow"
+    images = [_write(folder / "a.png", small_camvid_rgb), _write(folder / "a_mask.png", small_camvid_rgb[::-1].copy())]
+    before = {image: image.read_bytes() for image in images}
+    report = predict_files(onnx_client, images, folder)  # results written beside the inputs
+    assert (report.written, report.failed) == (2, 0)
+    assert {image: image.read_bytes() for image in images} == before, "an input file was written over"
+    manifest = _manifest(folder)
+    assert [entry["image"] for entry in manifest] == list(map(str, images))
+    files = [path for entry in manifest for path in _listed_files(entry)]
+    assert len(set(files)) == 8 and not {Path(path).resolve() for path in files} & {i.resolve() for i in images}
+    assert all(Path(path).is_file() for path in files)
+
+
+def test_an_output_that_cannot_be_written_is_a_reported_failure(onnx_client: PreLabelClient, small_camvid_rgb,
+                                                                tmp_path: Path) -> None:
+    long_stem = "L" * 245  # a legal name (249 bytes); "<stem>_overlay.png" is 257, over the usual 255
+    images = [_write(tmp_path / "in" / f"{long_stem}.png", small_camvid_rgb),
+              _write(tmp_path / "in" / "short.png", small_camvid_rgb)]
+    out = tmp_path / "out"
+    report = predict_files(onnx_client, images, out)
+    assert (report.written, report.failed) == (1, 1)
+    assert str(images[0]) in report.failures and "not written" in report.failures[str(images[0])]
+    assert f"FAILED {images[0]}" in report.describe()
+    manifest = _manifest(out)
+    assert [entry["image"] for entry in manifest] == list(map(str, images))
+    assert set(manifest[0]) == {"image", "error"} and "not written" in manifest[0]["error"]
+    assert set(manifest[1]) == {"image", *FILE_KEYS}
+    assert all(Path(path).is_file() for entry in manifest for path in _listed_files(entry))
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        ["manifest.jsonl", "short_mask.png", "short_overlay.png", "short_uncertainty.png", "short.json"])
+
+
+def _closed_port_address() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_an_output_path_that_is_a_file_is_refused_before_any_request(small_camvid_rgb, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    image = _write(tmp_path / "img.png", small_camvid_rgb)
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    address = _closed_port_address()  # nothing listens: any request would fail UNAVAILABLE, not INVALID_ARGUMENT
+    with PreLabelClient(address, timeout=10, retries=1) as client:
+        with pytest.raises(InvalidInput, match="afile.*is a file"):
+            predict_files(client, [image], afile)
+    assert afile.read_text() == "not a folder"
+    assert prelabel_main(["predict", str(image), "--out", str(afile), "--server", address]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("prelabel: INVALID_ARGUMENT: cannot write results to") and "is a file" in error
+    assert "Traceback" not in error and len(error.strip().splitlines()) == 1
+
+
+def test_a_stream_lost_mid_job_leaves_a_manifest_of_what_was_done_and_what_was_not(
+        model_repository: Path, small_camvid_rgb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = [_write(tmp_path / "in" / f"frame{index:02d}.png", np.roll(small_camvid_rgb, index * 7, axis=1))
+              for index in range(24)]
+    out = tmp_path / "out"
+    running = start_server(ServerSettings(host="127.0.0.1", port=0, model_repository=model_repository, backend="onnx"))
+    stopped = False
+    real_write = batch.write_prediction
+
+    def write_then_kill_the_server(*args, **kwargs):  # the server goes away once the first result is in
+        nonlocal stopped
+        written = real_write(*args, **kwargs)
+        if not stopped:
+            stopped = True
+            running.stop(grace=0)
+        return written
+
+    monkeypatch.setattr(batch, "write_prediction", write_then_kill_the_server)
+    try:
+        with PreLabelClient(running.address, timeout=60, retries=1) as client:
+            with pytest.raises(PrelabelError) as raised:
+                predict_files(client, images, out)
+    finally:
+        if not stopped:
+            running.stop(grace=0)
+    manifest = _manifest(out)
+    assert [entry["image"] for entry in manifest] == list(map(str, images)), "an image is missing from the manifest"
+    finished = [entry for entry in manifest if "error" not in entry]
+    failed = [entry for entry in manifest if "error" in entry]
+    assert finished and failed, (len(finished), len(failed))
+    assert manifest[: len(finished)] == finished, "the finished images are the first ones"
+    for entry in finished:
+        assert set(entry) == {"image", *FILE_KEYS} and all(Path(path).is_file() for path in _listed_files(entry))
+    assert all(raised.value.message in entry["error"] for entry in failed if entry["error"].startswith("not processed"))
+    assert failed[-1]["error"].startswith("not processed: ")
