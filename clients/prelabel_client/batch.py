@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from prelabel_client.client import PreLabelClient
 from prelabel_client.outputs import OutputWriteError, output_names, write_prediction
-from prelabel_client.results import FailedPrediction
+from prelabel_client.results import FailedPrediction, Prediction
 from prelabel_proto.errors import InvalidInput, PrelabelError, ResourceExhausted
 
 ResultT = TypeVar("ResultT")
@@ -62,17 +62,9 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
                                                                     measure=measure), patience_s)
         for image, name, result in tqdm(zip(images, names, results), total=len(images), unit="img",
                                         desc="pre-annotating"):
-            if isinstance(result, FailedPrediction):
-                error = f"{result.error.code.name}: {result.error.message}"
-                entry: dict[str, str] = {"image": str(image), "error": error}
-            else:
-                try:
-                    entry = {"image": str(image), **write_prediction(result, image, out_dir, palette, name=name)}
-                except OutputWriteError as exc:
-                    error = f"not written: {exc}"
-                    entry = {"image": str(image), "error": error}
+            entry = _written(result, image, name, out_dir, palette)
             if "error" in entry:
-                report.failures[str(image)] = error
+                report.failures[str(image)] = entry["error"]
             else:
                 report.written += 1
             _append(manifest, entry)
@@ -92,6 +84,18 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     finally:
         manifest.close()
     return report
+
+
+def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_dir: Path,
+             palette: list[tuple[int, int, int]]) -> dict[str, str]:
+    """The manifest entry of one image: its files once written, or its error (the server's, or a
+    file that could not be written)."""
+    if isinstance(result, FailedPrediction):
+        return {"image": str(image), "error": f"{result.error.code.name}: {result.error.message}"}
+    try:
+        return {"image": str(image), **write_prediction(result, image, out_dir, palette, name=name)}
+    except OutputWriteError as exc:
+        return {"image": str(image), "error": f"not written: {exc}"}
 
 
 def _open_manifest(out_dir: Path, images: list[Path]) -> TextIO:
