@@ -13,6 +13,11 @@ import numpy as np
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
+class DatasetError(ValueError):
+    """Images or labels that cannot be used as given (unreadable, a label of another size, label
+    values that are not classes): the user's to fix, so commands say it in one line."""
+
+
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
@@ -20,14 +25,14 @@ def list_images(folder: Path) -> list[Path]:
 def read_rgb(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError(f"cannot read image {path}")
+        raise DatasetError(f"cannot read image {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def read_label(path: Path) -> np.ndarray:
     label = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if label is None:
-        raise ValueError(f"cannot read label {path}")
+        raise DatasetError(f"cannot read label {path}")
     return label
 
 

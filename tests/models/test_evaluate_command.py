@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -114,6 +115,42 @@ def test_bad_arguments_are_one_line_errors(random_package: Path, tiny_camvid: Pa
                                            extra: list[str], message: str) -> None:
     assert main(["evaluate", str(random_package), "--data", str(tiny_camvid), *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def _broken_copy(tiny_camvid: Path, root: Path, label_of) -> Path:
+    """tiny_camvid's val split with every label replaced by ``label_of(label)``."""
+    (root / "val").mkdir(parents=True)
+    (root / "valannot").mkdir()
+    for path in sorted((tiny_camvid / "val").iterdir()):
+        (root / "val" / path.name).symlink_to(path.resolve())
+    for path in sorted((tiny_camvid / "valannot").iterdir()):
+        cv2.imwrite(str(root / "valannot" / path.name), label_of(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)))
+    return root
+
+
+@pytest.mark.parametrize(("command", "label_of", "message"), [
+    ("evaluate", lambda label: label[:-10], "but its label"),
+    ("calibrate", lambda label: label[:-10], "but its label"),
+    ("calibrate", lambda label: np.full_like(label, 50), "labels [50] are not classes 0..10"),
+    ("calibrate", lambda label: np.full_like(label, 11), "every label pixel is the ignore index"),
+])
+def test_an_unusable_dataset_is_a_one_line_error(random_package: Path, tiny_camvid: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture, command: str, label_of,
+                                                 message: str) -> None:
+    """Labels of another size, with values that are not classes, or all ignored: once tracebacks
+    (calibrate's stray label an IndexError), now one line and status 2, the card untouched."""
+    data = _broken_copy(tiny_camvid, tmp_path / "data", label_of)
+    card = (random_package / "card.json").read_text()
+    assert main([command, str(random_package), "--data", str(data), "--backend", "onnx",
+                 *(["--out", str(tmp_path / "out")] if command == "evaluate" else [])]) == 2
+    assert message in capsys.readouterr().err
+    assert (random_package / "card.json").read_text() == card
+
+
+def test_calibrate_refuses_a_sample_of_no_pixels(random_package: Path, tiny_camvid: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["calibrate", str(random_package), "--data", str(tiny_camvid), "--max-pixels", "0"])
+    assert stopped.value.code == 2 and "--max-pixels: must be 1 or more" in capsys.readouterr().err
 
 
 def test_a_folder_without_card_is_not_a_package(tiny_camvid: Path, capsys: pytest.CaptureFixture) -> None:

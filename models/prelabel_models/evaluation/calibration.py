@@ -15,8 +15,9 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from prelabel_models.card import ModelCard
-from prelabel_models.evaluation.metrics import reliability_bins
+from prelabel_models.evaluation.metrics import check_label_values, reliability_bins
 from prelabel_models.evaluation.runner import labelled_logits, open_predictor, split_pairs
+from prelabel_models.image_files import DatasetError
 from prelabel_models.predictor import Predictor
 
 # Searched as inverse temperature 1/T, where the NLL is convex, so the bounded search finds the optimum.
@@ -42,6 +43,7 @@ def sample_pixels(logits: np.ndarray, label: np.ndarray, ignore_index: int | Non
     flat_labels = label.ravel()
     valid = np.flatnonzero(flat_labels != ignore_index) if ignore_index is not None else np.arange(flat_labels.size)
     chosen = np.sort(rng.choice(valid, size=min(count, valid.size), replace=False))
+    check_label_values(flat_labels[chosen], logits.shape[0], ignore_index)
     flat_logits = logits.reshape(logits.shape[0], -1)
     return LogitSample(np.ascontiguousarray(flat_logits[:, chosen].T), flat_labels[chosen].astype(np.int64))
 
@@ -61,7 +63,7 @@ def expected_calibration_error(sample: LogitSample, temperature: float = 1.0) ->
 def fit_temperature(sample: LogitSample) -> float:
     """The T > 0 that minimises the NLL of ``sample``."""
     if sample.labels.size == 0:
-        raise ValueError("cannot fit a temperature on zero labelled pixels")
+        raise DatasetError("cannot fit a temperature on zero labelled pixels: every label pixel is the ignore index")
     result = minimize_scalar(lambda inverse: negative_log_likelihood(sample, 1.0 / inverse),
                              bounds=INVERSE_TEMPERATURE_BOUNDS, method="bounded", options={"xatol": 1e-6})
     return float(1.0 / result.x)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prelabel_models.extras import needs_extra
+from prelabel_models.image_files import DatasetError
 
 _BACKEND_HELP = "inference backend: torch, onnx (needs `prelabel export PKG` first) or auto (default: %(default)s)"
 
@@ -53,7 +54,7 @@ def _add_calibrate(commands: argparse._SubParsersAction) -> None:
         description="Fits one temperature by minimum NLL on a seeded random sample of labelled pixels, "
                     "writes it into PKG/card.json and prints NLL and ECE before and after.")
     _add_common(parser)
-    parser.add_argument("--max-pixels", type=int, default=1_000_000,
+    parser.add_argument("--max-pixels", type=_positive, default=1_000_000,
                         help="pixels sampled for the fit, spread evenly over images (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     parser.set_defaults(handler=_server_command(_calibrate))
@@ -100,6 +101,13 @@ def _check_backend(name: str) -> None:
         raise UsageError(str(exc)) from None
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _server_command(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turns a missing server-side dependency or an unusable input into a one-line message."""
     with_extra = needs_extra("server")(handler)
@@ -110,7 +118,7 @@ def _server_command(handler: Callable[[argparse.Namespace], int]) -> Callable[[a
         except Exception as exc:
             from prelabel_models.package import ModelPackageError
 
-            if isinstance(exc, (ModelPackageError, FileNotFoundError, UsageError)):
+            if isinstance(exc, (ModelPackageError, FileNotFoundError, UsageError, DatasetError)):
                 print(f"prelabel {args.command}: {exc}", file=sys.stderr)
                 return 2
             raise

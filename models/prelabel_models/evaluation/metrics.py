@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import auc, average_precision_score, confusion_matrix as _sk_confusion_matrix, roc_curve
 
+from prelabel_models.image_files import DatasetError
+
 ECE_BINS = 15
 REVIEW_FRACTIONS = (0.05, 0.10, 0.20)
 PAVPU_PATCH = 4
@@ -25,6 +27,15 @@ PAVPU_ACCURACY = 0.5
 # the same cut-off makes PAvPU describe the pixels a user is actually shown as uncertain.
 PAVPU_THRESHOLD = 0.5
 PAVPU_SWEEP = tuple(round(0.1 * i, 1) for i in range(1, 10))
+
+
+def check_label_values(labels: np.ndarray, num_classes: int, ignore_index: int | None) -> None:
+    """Labels (the ignore index already left out) must be classes: any other value is an error,
+    never silently dropped or counted as some class."""
+    stray = labels >= num_classes
+    if stray.any():
+        raise DatasetError(f"labels {sorted(set(np.unique(labels[stray]).tolist()))} are not classes "
+                           f"0..{num_classes - 1} nor the ignore index {ignore_index}")
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int,
@@ -36,10 +47,7 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     labels, predictions = labels.ravel(), predictions.ravel()
     valid = labels != ignore_index if ignore_index is not None else np.ones(labels.shape, bool)
     labels, predictions = labels[valid], predictions[valid]
-    stray = labels >= num_classes
-    if stray.any():
-        raise ValueError(f"labels {sorted(set(np.unique(labels[stray]).tolist()))} are not classes 0..{num_classes - 1} "
-                         f"nor the ignore index {ignore_index}")
+    check_label_values(labels, num_classes, ignore_index)
     if labels.size == 0:
         return np.zeros((num_classes, num_classes), np.int64)
     return _sk_confusion_matrix(labels, predictions, labels=np.arange(num_classes)).astype(np.int64)
