@@ -56,6 +56,14 @@ def _error_from(exc: grpc.RpcError) -> PrelabelError:
     return error_for_code(exc.code(), details)
 
 
+def _choice(names: dict[str, int], name: str, option: str) -> int:
+    """The protocol's enum value of an option given by name; an unknown name is the caller's error."""
+    try:
+        return names[name]
+    except KeyError:
+        raise ValueError(f"unknown {option} {name!r}: choose from {sorted(names)}") from None
+
+
 def _check_window(window: int) -> None:
     """A stream with no image allowed in flight would wait for ever: refused before it opens."""
     if window < 1:
@@ -138,9 +146,11 @@ class PreLabelClient:
         """Builds the PredictRequest that ``predict`` sends (useful to send many alike)."""
         message = pb.PredictRequest(
             model=model, model_version=model_version, image=image_message(image),
-            outputs=[_OUTPUT_ENUMS[o] for o in outputs], uncertainty_measure=_MEASURE_ENUMS[measure],
-            mask_format=_FORMAT_ENUMS[mask_format], uncertainty_format=_FORMAT_ENUMS[uncertainty_format],
-            probabilities_format=_FORMAT_ENUMS[probabilities_format], mc_seed=mc_seed)
+            outputs=[_choice(_OUTPUT_ENUMS, o, "output") for o in outputs],
+            uncertainty_measure=_choice(_MEASURE_ENUMS, measure, "measure"),
+            mask_format=_choice(_FORMAT_ENUMS, mask_format, "mask_format"),
+            uncertainty_format=_choice(_FORMAT_ENUMS, uncertainty_format, "uncertainty_format"),
+            probabilities_format=_choice(_FORMAT_ENUMS, probabilities_format, "probabilities_format"), mc_seed=mc_seed)
         if uncertainty_threshold is not None:
             message.uncertainty_threshold = uncertainty_threshold
         if mc_samples is not None:
@@ -166,6 +176,7 @@ class PreLabelClient:
             return pb.PredictStreamRequest(id=item_id, request=self.request(image, **options))
 
         _check_window(window)
+        self.request(b"", **options)  # an unknown option name fails here, not item by item in the stream
         return self._ordered_stream(self._stub.PredictStream, images, build, "response", prediction_from_response,
                                     window, raise_on_error, timeout)
 
@@ -179,6 +190,7 @@ class PreLabelClient:
                                    top_fraction=top_fraction)
 
         _check_window(window)
+        self.request(b"", **options)  # an unknown option name fails here, not item by item in the stream
         return self._ordered_stream(self._stub.Score, images, build, "scores", scores_from_message,
                                     window, raise_on_error, timeout)
 

@@ -221,3 +221,15 @@ def test_a_long_stream_item_id_fails_only_its_own_item(onnx_server: RunningServe
     assert [outcomes[i].WhichOneof("outcome") for i in ids] == ["response", "error", "response"]
     assert outcomes[ids[1]].error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert "PRELABEL_MAX_MESSAGE_BYTES" in outcomes[ids[1]].error.message
+
+
+def test_an_unknown_option_name_is_a_clear_error_before_any_request(onnx_client: PreLabelClient,
+                                                                    small_camvid_png: bytes) -> None:
+    """Names the client maps to the protocol's enums once raised a bare KeyError, and in a stream
+    "Exception iterating requests!" for the whole stream, even with raise_on_error=False."""
+    with pytest.raises(ValueError, match="unknown measure 'bald': choose from"):
+        onnx_client.predict(small_camvid_png, measure="bald")
+    with pytest.raises(ValueError, match="unknown mask_format 'png': choose from"):
+        onnx_client.predict_many([small_camvid_png], mask_format="png", raise_on_error=False)
+    with pytest.raises(ValueError, match="unknown output 'masks': choose from"):
+        onnx_client.score_many([small_camvid_png], outputs=("masks",))
