@@ -17,7 +17,7 @@ from tqdm import tqdm
 from prelabel_client.client import PreLabelClient
 from prelabel_client.outputs import OutputWriteError, output_names, write_prediction
 from prelabel_client.results import FailedPrediction, Prediction
-from prelabel_proto.errors import InvalidInput, PrelabelError, ResourceExhausted
+from prelabel_proto.errors import PrelabelError, ResourceExhausted
 
 ResultT = TypeVar("ResultT")
 
@@ -48,7 +48,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     hash of the path where stems repeat); no input file is ever written over. ``manifest.jsonl``
     gets one line per image as its result arrives: its files, or the error (a file that cannot be
     written makes the image a failure). ``out_dir`` is checked before any request: one that cannot
-    be created or written raises InvalidInput. Should the job stop early (the stream lost, the
+    be created or written raises OutputFolderError. Should the job stop early (the stream lost, the
     server gone), every image not processed is listed in the manifest as failed with that error
     before the error propagates."""
     images = [Path(image) for image in images]
@@ -98,19 +98,26 @@ def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_
         return {"image": str(image), "error": f"not written: {exc}"}
 
 
+class OutputFolderError(OSError):
+    """The job's output folder cannot be used: the user's to fix before anything is sent (the CLI
+    says it in one line and exits 2, like any unusable input)."""
+
+
 def _open_manifest(out_dir: Path, images: list[Path]) -> TextIO:
     """Creates ``out_dir`` and opens its ``manifest.jsonl`` for writing, before anything is asked
     of the server; a path that is a file, a folder that cannot be written, or a manifest that is
-    one of the inputs raises InvalidInput."""
+    one of the inputs raises OutputFolderError."""
     manifest = out_dir / "manifest.jsonl"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         if manifest.exists() and any(image.exists() and manifest.samefile(image) for image in images):
-            raise InvalidInput(f"cannot write results to {out_dir}: {manifest} is one of the inputs")
+            raise OutputFolderError(f"cannot write results to {out_dir}: {manifest} is one of the inputs")
         return manifest.open("w", encoding="utf-8")
+    except OutputFolderError:
+        raise
     except OSError as exc:
         reason = "it is a file, not a folder" if out_dir.exists() and not out_dir.is_dir() else exc.strerror or exc
-        raise InvalidInput(f"cannot write results to {out_dir}: {reason}") from exc
+        raise OutputFolderError(f"cannot write results to {out_dir}: {reason}") from exc
 
 
 def _append(manifest: TextIO, entry: dict[str, str]) -> None:

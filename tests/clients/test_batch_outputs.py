@@ -15,9 +15,9 @@ import pytest
 
 import prelabel_client.batch as batch
 from prelabel_client import PreLabelClient
-from prelabel_client.batch import predict_files
+from prelabel_client.batch import OutputFolderError, predict_files
 from prelabel_client.cli import main as prelabel_main
-from prelabel_proto.errors import InvalidInput, PrelabelError
+from prelabel_proto.errors import PrelabelError
 from prelabel_server.grpc_api.server import start_server
 from prelabel_server.settings import ServerSettings
 
@@ -117,12 +117,12 @@ def test_an_output_path_that_is_a_file_is_refused_before_any_request(small_camvi
     afile.write_text("not a folder")
     address = _closed_port_address()  # nothing listens: any request would fail UNAVAILABLE, not INVALID_ARGUMENT
     with PreLabelClient(address, timeout=10, retries=1) as client:
-        with pytest.raises(InvalidInput, match="afile.*is a file"):
+        with pytest.raises(OutputFolderError, match="afile.*is a file"):
             predict_files(client, [image], afile)
     assert afile.read_text() == "not a folder"
-    assert prelabel_main(["predict", str(image), "--out", str(afile), "--server", address]) == 1
+    assert prelabel_main(["predict", str(image), "--out", str(afile), "--server", address]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("prelabel: INVALID_ARGUMENT: cannot write results to") and "is a file" in error
+    assert error.startswith("prelabel predict: cannot write results to") and "is a file" in error
     assert "Traceback" not in error and len(error.strip().splitlines()) == 1
 
 
