@@ -99,6 +99,13 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_images(folder: Path) -> list[Path]:
+    images = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    if not images:
+        raise FileNotFoundError(f"no PNG images in {folder}: pass --images a folder that holds some")
+    return images
+
+
 def _select(args: argparse.Namespace) -> int:
     from prelabel_client.selection import rank_pool, write_report, write_selection
     from prelabel_models.image_files import list_images
@@ -139,7 +146,10 @@ def _demo(args: argparse.Namespace) -> int:
     from prelabel_client.batch import predict_files
     from prelabel_server.grpc_api.server import start_server
 
-    settings = _server_settings(args).model_copy(update={"port": 0})
+    images = _demo_images(args.images)  # before the server starts: an empty or missing folder is the user's to fix
+    settings = _server_settings(args)
+    if args.port is None:  # any free port, unless one was asked for
+        settings = settings.model_copy(update={"port": 0})
     running = start_server(settings)
     try:
         print(f"serving {running.engine.registry.default_name!r} on {running.address}")
@@ -149,7 +159,7 @@ def _demo(args: argparse.Namespace) -> int:
                 print(f"prelabel: default model {info.name!r} is {info.state}: {info.error}", file=sys.stderr)
                 return 1
             print(f"model {info.name} v{info.version} ({info.architecture}/{info.encoder}) on {info.backend} ({info.device})")
-            report = predict_files(client, sorted(args.images.glob("*.png")), args.out)
+            report = predict_files(client, images, args.out)
     finally:
         running.stop(grace=1)
     print(report.describe())

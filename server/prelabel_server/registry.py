@@ -79,6 +79,9 @@ class ModelRegistry:
                            fingerprint=served.fingerprint)
 
     def _load(self, folder: Path) -> ServedModel:
+        if not folder.is_dir():  # deleted since the server started: a reload has nothing to load
+            raise FailedPrecondition(f"model package folder {folder} is gone; the version loaded before, if any, "
+                                     "keeps serving until restart")
         served = ServedModel(name=folder.name, folder=folder, fingerprint=package_fingerprint(folder))
         try:
             package = ModelPackage.open(folder)

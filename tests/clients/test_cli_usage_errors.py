@@ -22,6 +22,7 @@ def _prelabel(*args: str, **env: str) -> subprocess.CompletedProcess:
     (("serve",), {"PRELABEL_MODEL_REPOSITORY": "/no/such/folder"}, "is not a folder"),
     (("select", "/no/such/pool", "--budget", "2", "--out", "selection.json"), {}, "No such file or directory"),
     (("select", "samples", "--budget", "-1", "--out", "selection.json"), {}, "--budget: must be 0 or more"),
+    (("demo", "--images", "/no/such/folder", "--out", "demo-output"), {}, "no PNG images in /no/such/folder"),
 ])
 def test_unusable_settings_and_inputs_get_one_line(args, env, says, tmp_path: Path):
     run = _prelabel(*args, **env)

@@ -95,3 +95,28 @@ def test_resume_continues_from_the_checkpoint(first_run: TinyRun, tmp_path: Path
     assert log[2]["seconds"] > log[1]["seconds"]           # training time carries over
     assert log[2]["train_loss"] < 0.9 * log[0]["train_loss"]  # from the trained weights, not from scratch
     ModelPackage.open(run.out)
+
+
+@pytest.mark.parametrize(("prepare", "says"), [
+    (lambda run: run.run_dir.mkdir(parents=True), "nothing to resume"),  # a mistyped --run-dir
+    (lambda run: (run.run_dir.mkdir(parents=True), (run.run_dir / "checkpoint.pt").write_text("garbage")),
+     "not a readable checkpoint"),
+])
+def test_a_resume_with_nothing_to_resume_from_is_a_one_line_error(first_run: TinyRun, tmp_path: Path, capsys,
+                                                                  prepare, says: str) -> None:
+    """Without a checkpoint --resume once started afresh without a word (a run of hours lost to a
+    typo); a damaged one gave a traceback."""
+    run = TinyRun(first_run.config, first_run.data, tmp_path / "package", tmp_path / "run")
+    prepare(run)
+    assert main(run.args("--resume")) == 2
+    error = capsys.readouterr().err
+    assert says in error and "Traceback" not in error
+    assert not run.out.exists()
+
+
+def test_an_out_that_is_a_file_is_refused_before_training(first_run: TinyRun, tmp_path: Path, capsys) -> None:
+    run = TinyRun(first_run.config, first_run.data, tmp_path / "afile", tmp_path / "run")
+    run.out.write_text("not a folder")
+    assert main(run.args()) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert not (run.run_dir / METRICS_LOG).exists(), "it trained before finding out"

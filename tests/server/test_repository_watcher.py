@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prelabel_client import PreLabelClient
 from prelabel_models import ModelPackage, ModelPackageError
 from prelabel_models.card import CARD_FILE
-from prelabel_proto.errors import ModelNotFound
+from prelabel_proto.errors import FailedPrecondition, ModelNotFound
 from prelabel_server.grpc_api.server import start_server
 from prelabel_server.registry import ModelRegistry
 from prelabel_server.settings import ServerSettings
@@ -183,3 +184,14 @@ def test_health_forgets_a_failed_name_once_its_fixed_package_is_served(tmp_path:
             assert status("models/roads-v2") == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
     finally:
         running.stop(grace=0)
+
+
+def test_reloading_a_package_whose_folder_is_gone_says_so(tmp_path: Path, repo_root: Path):
+    """Once an INTERNAL error (the fingerprint read the missing folder outside any handling)."""
+    _camvid_package(repo_root, tmp_path / "roads", name="roads")
+    registry, _ = _watch(tmp_path)
+    shutil.rmtree(tmp_path / "roads")
+    with pytest.raises(FailedPrecondition, match="is gone"):
+        registry.reload("roads")
+    assert registry.get("roads").state == "ready"  # the version loaded before keeps serving
+    registry.close()

@@ -152,6 +152,8 @@ def train(run: TrainingRun) -> dict:
     keep_freed_memory()
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
+    if run.out.exists() and not run.out.is_dir():  # found now, not after hours of training
+        raise NotADirectoryError(f"--out {run.out} is a file: the model package is written into a folder")
     _seed_everything(recipe.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ignore = card.ignore_index if card.ignore_index is not None else -100
@@ -176,7 +178,10 @@ def train(run: TrainingRun) -> dict:
     if not run.resume and checkpoint_path.is_file():
         raise FileExistsError(f"{run.run_dir} already holds a run: pass --resume to continue it, "
                               "or choose another --run-dir")
-    if run.resume and checkpoint_path.is_file():
+    if run.resume and not checkpoint_path.is_file():  # a mistyped --run-dir must not restart a run of hours
+        raise FileNotFoundError(f"nothing to resume: {checkpoint_path} does not exist; check --run-dir, or drop "
+                                "--resume to start afresh")
+    if run.resume:
         state = _load_checkpoint(checkpoint_path, network, optimizer, scheduler, device)
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}", file=sys.stderr)
 
@@ -235,7 +240,10 @@ def _save_checkpoint(path: Path, network: nn.Module, optimizer: torch.optim.Opti
 
 def _load_checkpoint(path: Path, network: nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device) -> dict:
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # torch reports a damaged file as pickling or value errors
+        raise OSError(f"cannot resume from {path}: it is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     network.load_state_dict(checkpoint["network"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
