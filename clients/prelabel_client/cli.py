@@ -243,9 +243,11 @@ def _usage_error(exc: Exception) -> str | None:
     """What to tell the user, in one line, when the command's input or settings cannot be used (a
     package without a card, a folder that does not exist, a setting out of range, a busy port);
     None for anything else, which keeps its traceback."""
+    from prelabel_models.evaluation.cli import UsageError
+    from prelabel_models.image_files import DatasetError
     from prelabel_models.package import ModelPackageError
 
-    if isinstance(exc, (ModelPackageError, OSError)):
+    if isinstance(exc, (ModelPackageError, OSError, UsageError, DatasetError)):
         return str(exc)
     if type(exc).__name__ != "ValidationError" or not hasattr(exc, "errors"):
         return None

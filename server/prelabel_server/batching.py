@@ -46,6 +46,11 @@ class BatchedOutput:
     queue_ms: float = 0.0  # set by the batcher
 
 
+def caller_left(when: str) -> Cancelled:
+    """How a request ends whose caller went away (deadline passed or cancelled): CANCELLED."""
+    return Cancelled(f"the caller went away (deadline passed or cancelled) {when}")
+
+
 def prepare(predictor: Predictor, image: np.ndarray, measure: str, keep_probabilities: bool) -> tuple[np.ndarray, MapRequest]:
     """What one image brings to a forward pass: its model input, built on the caller's thread, and
     what its maps need."""
@@ -170,7 +175,7 @@ class DynamicBatcher:
             return True
         if pending.caller_gone():
             metrics.DROPPED.labels(self.name).inc()
-            pending.future.set_exception(Cancelled("the caller went away (deadline passed or cancelled) before inference"))
+            pending.future.set_exception(caller_left("before inference"))
             return True
         return False
 

@@ -13,8 +13,8 @@ import numpy as np
 from prelabel_models.epistemic import MC_MEASURES, SAMPLED_MEASURES
 from prelabel_models.package import ModelPackageError
 from prelabel_models.postprocessing import SegmentationMaps, maps_from_statistics, segment_bands, segment_maps
-from prelabel_proto.errors import Cancelled, FailedPrecondition, InvalidInput
-from prelabel_server.batching import CallerGone, forward, prepare
+from prelabel_proto.errors import FailedPrecondition, InvalidInput
+from prelabel_server.batching import CallerGone, caller_left, forward, prepare
 from prelabel_server.registry import ServedModel
 
 
@@ -60,10 +60,10 @@ def _exclusive(served: ServedModel) -> contextlib.AbstractContextManager:
 
 
 def _stop_if_gone(caller_gone: CallerGone, when: str) -> None:
-    """Raises what the batcher sets for a caller that has gone (CANCELLED), so that work nobody
-    waits for does not hold the model while the requests behind it wait."""
+    """Raises what the batcher sets for a caller that has gone, so that work nobody waits for does
+    not hold the model while the requests behind it wait."""
     if caller_gone():
-        raise Cancelled(f"the caller went away (deadline passed or cancelled) {when}")
+        raise caller_left(when)
 
 
 def _maps(served: ServedModel, logits: np.ndarray, options: MapOptions) -> SegmentationMaps:

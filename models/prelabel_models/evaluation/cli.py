@@ -7,12 +7,10 @@ has none of numpy's heavier friends; the work is imported when a command runs.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from prelabel_models.extras import needs_extra
-from prelabel_models.image_files import DatasetError
 
 _BACKEND_HELP = "inference backend: torch, onnx (needs `prelabel export PKG` first) or auto (default: %(default)s)"
 
@@ -109,17 +107,6 @@ def _positive(text: str) -> int:
 
 
 def _server_command(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turns a missing server-side dependency or an unusable input into a one-line message."""
-    with_extra = needs_extra("server")(handler)
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return with_extra(args)
-        except Exception as exc:
-            from prelabel_models.package import ModelPackageError
-
-            if isinstance(exc, (ModelPackageError, FileNotFoundError, UsageError, DatasetError)):
-                print(f"prelabel {args.command}: {exc}", file=sys.stderr)
-                return 2
-            raise
-    return run
+    """A command that needs the server-side packages; an unusable input (UsageError, DatasetError,
+    a broken package) becomes a one-line message in ``prelabel_client.cli.main``, as for every command."""
+    return needs_extra("server")(handler)
