@@ -19,7 +19,7 @@ import numpy as np
 
 from prelabel_models.backends import Backend
 from prelabel_models.package import ModelPackageError
-from prelabel_models.postprocessing import MapRequest, SegmentationMaps, maps_of_batch
+from prelabel_models.postprocessing import MapRequest, SegmentationMaps
 from prelabel_proto.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class DeviceFallback:
         fallback = self._fallback_backend(failure)
         self._degraded(f"{failure} on {self.device} even for a single image: running on ONNX Runtime on the CPU "
                        "until the device recovers")
-        return _run_on(fallback, method, arguments(batch))
+        return getattr(fallback, method)(*arguments(batch))
 
     def _fallback_backend(self, failure: str) -> Backend:
         with self._lock:
@@ -135,14 +135,6 @@ class DeviceFallback:
         if was_degraded:
             log.warning("model back on %s", self.device)
             self._on_recovered()
-
-
-def _run_on(backend: Backend, method: str, arguments: tuple):
-    """``method`` on the CPU fallback, whose maps are derived from its logits on the host."""
-    if method == "run_maps" and not hasattr(backend, "run_maps"):
-        images, temperature, requests = arguments
-        return maps_of_batch(backend.run(images), temperature, requests)
-    return getattr(backend, method)(*arguments)
 
 
 def _concatenate(parts: list):

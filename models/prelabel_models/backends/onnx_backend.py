@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 
 from prelabel_models.package import ModelPackage, ModelPackageError
+from prelabel_models.postprocessing import MapRequest, SegmentationMaps, maps_of_batch
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -44,6 +45,12 @@ class OnnxBackend:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    def run_maps(self, batch: np.ndarray, temperature: float, requests: list[MapRequest]) -> list[SegmentationMaps]:
+        """Each image's maps, derived from this backend's logits on the host. The server derives the
+        maps itself on the CPU (no ``maps_on_device``); this serves a GPU model's CPU fallback,
+        which answers the same calls as the GPU did (device_fallback)."""
+        return maps_of_batch(self.run(batch), temperature, requests)
 
     def run_with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, embedding = self.session.run([OUTPUT_NAME, EMBEDDING_NAME],
