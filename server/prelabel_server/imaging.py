@@ -47,19 +47,21 @@ def _check_size(height: int, width: int, limits: ImageLimits) -> None:
 
 
 def _probe(data: bytes) -> tuple[str, int, int]:
-    """(format, width, height) from the header, and a full structural check (PNG CRCs, truncation)."""
+    """(format, width, height) from the header, and a full structural check (PNG CRCs, truncation).
+    Pillow may raise almost anything on a malformed file (an IndexError for a PNG without image
+    data), and every such failure means the same to the caller: corrupt."""
     try:
         with Image.open(io.BytesIO(data)) as header:
-            format_, (width, height) = header.format, header.size
+            format_, (width, height) = header.format or "", header.size
         if format_ == "PNG":
             with Image.open(io.BytesIO(data)) as png:
                 png.verify()
     except UnidentifiedImageError:
-        raise InvalidInput(f"image bytes ({len(data)} bytes) are not a readable image: "
-                           f"send PNG, JPEG, TIFF, BMP or WebP") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(f"image is corrupt or truncated ({exc}): re-encode it") from None
-    return format_ or "", width, height
+        raise InvalidInput(f"image bytes ({len(data)} bytes) are not a readable image: send PNG, JPEG, "
+                           "TIFF, BMP or WebP with 8- or 16-bit integer grey, RGB or RGBA pixels") from None
+    except Exception as exc:
+        raise InvalidInput(f"image is corrupt or truncated ({type(exc).__name__}: {exc}): re-encode it") from None
+    return format_, width, height
 
 
 def _check_jpeg_complete(data: bytes) -> None:
@@ -97,7 +99,10 @@ def _check_jpeg_complete(data: bytes) -> None:
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
-    """Encoded bytes → (H, W, 3) uint8 RGB. Grey is replicated, alpha dropped, 16-bit scaled to 8."""
+    """Encoded bytes → (H, W, 3) uint8 RGB. Grey is replicated, alpha dropped, 16-bit scaled to 8.
+
+    The EXIF orientation is applied, as browsers and image viewers do when they show the picture,
+    so that the mask lines up with the image an annotation tool displays."""
     if not data:
         raise InvalidInput("image is empty: set image.encoded to the file's bytes or image.raw to pixels")
     format_, width, height = _probe(data)
@@ -108,8 +113,11 @@ def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
     _check_size(height, width, limits)
     if format_ == "JPEG":
         _check_jpeg_complete(data)
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None or pixels.shape[:2] != (height, width):
+    # Without IMREAD_UNCHANGED OpenCV applies the orientation; ANYDEPTH and ANYCOLOR keep 16-bit and grey.
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    # The header's size, or its sides swapped by an orientation that turns the picture a quarter
+    # (Pillow reports some formats' sizes turned, others not).
+    if pixels is None or pixels.shape[:2] not in ((height, width), (width, height)):
         raise InvalidInput(f"{format_} image could not be decoded: it is corrupt or truncated")
     return _to_rgb8(_to_uint8(pixels), bgr=True)
 

@@ -44,6 +44,16 @@ def _flip_middle_byte(data: bytes) -> bytes:
     return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
 
 
+def _png_without_image_data() -> bytes:
+    """A PNG with a valid signature, IHDR and IEND (every CRC right) but no IDAT: Pillow's verify()
+    raised an IndexError on it, which reached the caller as INTERNAL."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 40, 24, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
 def _gif() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 30, 30)).save(buffer, format="GIF")
@@ -63,6 +73,7 @@ CASES: dict[str, tuple[Callable[[bytes], pb.PredictRequest], grpc.StatusCode, tu
     "corrupt-bytes": (lambda png: _request(b"\x00garbage, not an image" * 20), INVALID, ("not a readable image", "PNG")),
     "truncated-png": (lambda png: _request(png[: len(png) // 2]), INVALID, ("truncated",)),
     "png-with-flipped-byte": (lambda png: _request(_flip_middle_byte(png)), INVALID, ("corrupt",)),
+    "png-without-image-data": (lambda png: _request(_png_without_image_data()), INVALID, ("corrupt", "re-encode")),
     "truncated-jpeg": (lambda png: _request(encode(cv2.imdecode(np.frombuffer(png, np.uint8), 1), ".jpg")[:-200]),
                        INVALID, ("truncated",)),
     "empty-image": (lambda png: _request(b""), INVALID, ("empty",)),

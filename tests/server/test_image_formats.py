@@ -9,7 +9,7 @@ import struct
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from prelabel_client import InvalidInput, PreLabelClient
 from service_support import NUM_CLASSES, encode
@@ -151,3 +151,20 @@ def test_a_jpeg_cut_in_its_scan_is_refused_despite_its_thumbnails_end_marker(onn
     assert truncated.find(b"\xff\xd9") == thumbnail_at + len(thumbnail) - 2  # only the thumbnail's EOI
     with pytest.raises(InvalidInput, match="truncated .no end-of-image marker"):  # our check, not OpenCV's
         onnx_client.predict(truncated)
+
+
+@pytest.mark.parametrize("format_", ["JPEG", "PNG", "WEBP", "TIFF"])
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_the_exif_orientation_is_applied_in_every_format(onnx_client: PreLabelClient, small_camvid_rgb: np.ndarray,
+                                                         format_: str, orientation: int) -> None:
+    """The mask lines up with the picture as viewers and annotation tools show it. It used to be
+    applied for TIFF only: a turned JPEG got the mask of its stored pixels."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    options = {"quality": 100, "subsampling": 0} if format_ == "JPEG" else {"lossless": True} if format_ == "WEBP" else {}
+    data = _with_pillow(Image.fromarray(small_camvid_rgb), format_, exif=exif.tobytes(), **options)
+    with Image.open(io.BytesIO(data)) as opened:
+        shown = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+    mask = onnx_client.predict(data).mask
+    assert mask.shape == shown.shape[:2]
+    assert (mask == onnx_client.predict(shown).mask).mean() > (0.97 if format_ == "JPEG" else 0.999)
