@@ -58,7 +58,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     try:
         names = output_names(images, out_dir)
         palette = client.model(model).palette
-        results = _stream_when_admitted(lambda: client.predict_many(images, raise_on_error=False, model=model,
+        results = stream_when_admitted(lambda: client.predict_many(images, raise_on_error=False, model=model,
                                                                     measure=measure), patience_s)
         for image, name, result in tqdm(zip(images, names, results), total=len(images), unit="img",
                                         desc="pre-annotating"):
@@ -136,7 +136,7 @@ def _server_busy(error: ResourceExhausted) -> bool:
     return "PRELABEL_MAX_OPEN_STREAMS" in error.message or "PRELABEL_MAX_CONCURRENT_RPCS" in error.message
 
 
-def _stream_when_admitted(open_stream: Callable[[], Iterator[ResultT]], patience_s: float) -> Iterator[ResultT]:
+def stream_when_admitted(open_stream: Callable[[], Iterator[ResultT]], patience_s: float) -> Iterator[ResultT]:
     """``open_stream()``'s results; a stream refused for being over the server's stream or call
     limit before its first result (nothing was processed yet) is opened again, with back-off,
     until ``patience_s`` has passed."""

@@ -107,21 +107,37 @@ def _demo_images(folder: Path) -> list[Path]:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from prelabel_client.selection import rank_pool, write_report, write_selection
-    from prelabel_models.image_files import list_images
+    from prelabel_client.selection import check_outputs, rank_pool, write_report, write_selection
 
-    images = list_images(args.pool)
+    images = _pool_images(args.pool)
+    report = args.report or args.out.with_suffix(".html")
+    check_outputs(args.out, report, images)
     with PreLabelClient(args.server, timeout=args.timeout, token=args.token) as client:
         selection = rank_pool(client, images, args.budget, args.strategy, score=args.score, measure=args.measure,
                               model=args.model, seed=args.seed)
+        report.unlink(missing_ok=True)  # an earlier run's report must not stand beside this run's list
         write_selection(selection, args.out)
-        report = args.report or args.out.with_suffix(".html")
         write_report(client, selection, report)
     print(f"chose {len(selection.selected)} of {len(selection.ranked)} images ({args.strategy}); "
           f"list: {args.out.resolve()}; report: {report.resolve()}")
     for name, error in selection.failed.items():
         print(f"FAILED {name}: {error}")
     return 0 if not selection.failed else 1
+
+
+def _pool_images(pool: Path) -> list[Path]:
+    """The image files directly inside ``pool``; what else is there is named, not skipped silently."""
+    from prelabel_models.image_files import IMAGE_SUFFIXES, DatasetError, list_images
+
+    images = list_images(pool)
+    suffixes = " ".join(sorted(IMAGE_SUFFIXES))
+    if not images:
+        raise DatasetError(f"no images in {pool}: select ranks the files ending in {suffixes} directly inside it")
+    others = sorted(entry.name for entry in set(pool.iterdir()) - set(images))
+    if others:
+        print(f"ignoring {len(others)} entries of {pool} that are folders or not image files ({suffixes}): "
+              f"{', '.join(others[:5])}{', ...' if len(others) > 5 else ''}", file=sys.stderr)
+    return images
 
 
 def _reload(args: argparse.Namespace) -> int:
@@ -200,7 +216,7 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
                         help="image score from the pixel uncertainty (default top_fraction: mean of the 5%% most uncertain)")
     select.add_argument("--measure", default="entropy", choices=MEASURES, help="pixel uncertainty (default entropy)")
     select.add_argument("--model", default="", help="model name (default: the server's default)")
-    select.add_argument("--seed", type=int, default=0, help="seed for the random strategy")
+    select.add_argument("--seed", type=_count, default=0, help="seed for the random strategy (0 or more)")
     select.add_argument("--out", type=Path, required=True, help="selection JSON to write")
     select.add_argument("--report", type=Path, help="HTML report (default: --out with .html)")
     _add_client_options(select)
@@ -233,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _count(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
@@ -264,6 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrelabelError as exc:  # the server's answer, said plainly: no traceback
         print(f"prelabel: {exc.code.name}: {exc.message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"prelabel {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         message = _usage_error(exc)
         if message is None:

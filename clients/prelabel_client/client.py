@@ -190,6 +190,8 @@ class PreLabelClient:
                                    top_fraction=top_fraction)
 
         _check_window(window)
+        if not 0.0 < top_fraction <= 1.0:  # checked here, or every image would fail with it on its own
+            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
         self.request(b"", **options)  # an unknown option name fails here, not item by item in the stream
         return self._ordered_stream(self._stub.Score, images, build, "scores", scores_from_message,
                                     window, raise_on_error, timeout)

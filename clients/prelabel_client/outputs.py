@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from prelabel_client.results import Prediction
+from prelabel_models.image_files import read_image
 from prelabel_proto import prelabel_pb2 as pb
 
 OVERLAY_ALPHA = 0.5
@@ -89,13 +90,12 @@ def output_names(images: list[Path], out_dir: Path) -> list[str]:
 
 
 def _write_image(path: Path, image: np.ndarray) -> None:
-    try:
-        ok = cv2.imwrite(str(path), image)
-    except cv2.error as exc:
-        raise OutputWriteError(f"could not write {path}: {exc}") from exc
+    """A PNG encoded by OpenCV and written by Python: ``cv2.imwrite`` crashed the process on a file
+    name that is not valid UTF-8 (and said nothing of why a write failed)."""
+    ok, png = cv2.imencode(".png", image)
     if not ok:
-        raise OutputWriteError(f"could not write {path} (OpenCV's imwrite failed: is the name too long, "
-                               "the disk full or the folder read-only?)")
+        raise OutputWriteError(f"could not encode {path} as PNG")
+    _write_bytes(path, png.tobytes())
 
 
 def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
@@ -114,7 +114,7 @@ def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
                 raise ValueError("write_prediction needs the mask requested as png_uint8 (the palette PNG)")
             _write_bytes(mask_path, prediction.response.mask.data)
             written["mask"] = str(mask_path)
-            image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+            image = read_image(Path(image_path))
             if image is not None and image.shape[:2] == prediction.mask.shape:
                 blended = overlay(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), prediction.mask, palette)
                 overlay_path = out_dir / f"{stem}_overlay.png"

@@ -116,4 +116,5 @@ def select(pool: Sequence[PoolItem], budget: int, strategy: str, seed: int = 0) 
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
-    return STRATEGIES[strategy](pool, min(budget, len(pool)), seed)
+    budget = min(budget, len(pool))
+    return STRATEGIES[strategy](pool, budget, seed) if budget else []

@@ -22,15 +22,26 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
+    """The picture as viewers show it (EXIF orientation applied, as the server does), BGR by default;
+    None if it cannot be read. The bytes are read by Python, not by ``cv2.imread``, which crashed
+    the process on a file name that is not valid UTF-8."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except (OSError, ValueError):
+        return None
+    return cv2.imdecode(data, flags) if data.size else None
+
+
 def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = read_image(path)
     if image is None:
         raise DatasetError(f"cannot read image {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def read_label(path: Path) -> np.ndarray:
-    label = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    label = read_image(path, cv2.IMREAD_GRAYSCALE)
     if label is None:
         raise DatasetError(f"cannot read label {path}")
     return label

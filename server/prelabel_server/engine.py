@@ -73,7 +73,7 @@ class Engine:
 
     def score(self, request: ScoreRequest, caller_gone: CallerGone = _never_gone) -> ScoreResult:
         """Acquisition scores (and optionally the embedding) of one pool image; no maps leave."""
-        self._validate(request.segment)
+        self._validate_options(request.segment)
         if not 0.0 < request.top_fraction <= 1.0:
             raise InvalidInput(f"top_fraction must be in (0, 1], got {request.top_fraction}")
         return self._counted(request.segment.model, lambda served: self._score_on(served, request, caller_gone),
@@ -138,19 +138,25 @@ class Engine:
                           mc_samples=request.mc_samples, mc_seed=request.mc_seed, want_embedding=want_embedding)
 
     def _validate(self, request: SegmentRequest) -> None:
+        self._validate_options(request)
         unknown = set(request.outputs) - set(OUTPUTS)
         if unknown or not request.outputs:
             raise InvalidInput(f"unknown outputs {sorted(unknown)}: choose from {list(OUTPUTS)}")
-        if request.measure not in UNCERTAINTY_MEASURES and request.measure not in SAMPLED_MEASURES:
-            raise InvalidInput(f"unknown uncertainty measure {request.measure!r}: choose from "
-                               f"{sorted(UNCERTAINTY_MEASURES) + list(SAMPLED_MEASURES)}")
         if not 1 <= request.max_review_regions <= 100:
             raise InvalidInput(f"max_review_regions must be 1..100, got {request.max_review_regions}")
-        if not 0.0 < request.uncertainty_threshold < 1.0:
-            raise InvalidInput(f"uncertainty_threshold must be in (0, 1), got {request.uncertainty_threshold}")
         encoding.check_format("mask", request.mask_format)
         encoding.check_format("uncertainty", request.uncertainty_format)
         encoding.check_format("probabilities", request.probabilities_format)
+
+    @staticmethod
+    def _validate_options(request: SegmentRequest) -> None:
+        """What the maps themselves depend on; Score checks only these, since it returns no maps
+        and its requests' output and format fields are documented as ignored."""
+        if request.measure not in UNCERTAINTY_MEASURES and request.measure not in SAMPLED_MEASURES:
+            raise InvalidInput(f"unknown uncertainty measure {request.measure!r}: choose from "
+                               f"{sorted(UNCERTAINTY_MEASURES) + list(SAMPLED_MEASURES)}")
+        if not 0.0 < request.uncertainty_threshold < 1.0:
+            raise InvalidInput(f"uncertainty_threshold must be in (0, 1), got {request.uncertainty_threshold}")
 
     def _decode(self, request: SegmentRequest) -> np.ndarray:
         limits = ImageLimits(self.settings.max_image_pixels, self.settings.max_image_side)

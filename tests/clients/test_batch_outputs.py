@@ -6,6 +6,7 @@ stream dies still leaves a manifest naming what was done and what was not."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import prelabel_client.batch as batch
 from prelabel_client import PreLabelClient
 from prelabel_client.batch import OutputFolderError, predict_files
 from prelabel_client.cli import main as prelabel_main
+from prelabel_models.image_files import read_image
 from prelabel_proto.errors import PrelabelError
 from prelabel_server.grpc_api.server import start_server
 from prelabel_server.settings import ServerSettings
@@ -161,3 +163,26 @@ def test_a_stream_lost_mid_job_leaves_a_manifest_of_what_was_done_and_what_was_n
         assert set(entry) == {"image", *FILE_KEYS} and all(Path(path).is_file() for path in _listed_files(entry))
     assert all(raised.value.message in entry["error"] for entry in failed if entry["error"].startswith("not processed"))
     assert failed[-1]["error"].startswith("not processed: ")
+
+
+def test_odd_inputs_get_an_overlay_that_lines_up_with_their_mask(onnx_client: PreLabelClient, small_camvid_rgb,
+                                                                 tmp_path: Path) -> None:
+    """A file name that is not valid UTF-8 crashed the process (cv2.imread, exit 139). A JPEG turned
+    by its EXIF orientation got no overlay at all: the server segmented the stored pixels, the
+    overlay read them turned, and the shapes differed."""
+    from PIL import Image
+
+    odd_name = tmp_path / "in" / os.fsdecode(b"caf\xe9.png")
+    odd_name.parent.mkdir()
+    odd_name.write_bytes(cv2.imencode(".png", cv2.cvtColor(small_camvid_rgb, cv2.COLOR_RGB2BGR))[1].tobytes())
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise
+    turned = tmp_path / "in" / "turned.jpg"
+    Image.fromarray(small_camvid_rgb).save(turned, quality=100, exif=exif.tobytes())
+    out = tmp_path / "out"
+    report = predict_files(onnx_client, [odd_name, turned], out)
+    assert (report.written, report.failed) == (2, 0)
+    masks = [read_image(Path(entry["mask"]), cv2.IMREAD_UNCHANGED) for entry in _manifest(out)]
+    overlays = [read_image(Path(entry["overlay"])) for entry in _manifest(out)]
+    assert [overlay.shape[:2] for overlay in overlays] == [mask.shape[:2] for mask in masks]
+    assert masks[1].shape[:2] == small_camvid_rgb.shape[1::-1]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from prelabel_client.cli import main
+
 
 def _prelabel(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "prelabel_client.cli", *args], capture_output=True, text=True,
@@ -34,3 +36,15 @@ def test_export_of_a_folder_without_a_card_says_so(tmp_path: Path):
     run = _prelabel("export", str(tmp_path))
     assert run.returncode == 2
     assert "has no card.json" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("option, value, message", [("--budget", "abc", "must be a whole number, 0 or more, got 'abc'"),
+                                                     ("--seed", "-1", "must be 0 or more, got -1")])
+def test_select_counts_are_checked_by_the_parser(option: str, value: str, message: str,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """--budget abc said "invalid _count value"; --seed -1 reached numpy and gave a traceback after
+    the whole pool had been scored."""
+    arguments = {"--budget": "1", "--seed": "0", option: value}
+    with pytest.raises(SystemExit) as exited:
+        main(["select", "pool", "--out", "sel.json", *(part for pair in arguments.items() for part in pair)])
+    assert exited.value.code == 2 and message in capsys.readouterr().err

@@ -4,11 +4,16 @@ ranked list and the HTML report; a file that cannot be scored is listed, never s
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
+from prelabel_client import PreLabelClient
 from prelabel_client.cli import main
+from prelabel_client.selection import rank_pool, write_report
 from prelabel_server.grpc_api.server import RunningServer
 
 
@@ -43,3 +48,67 @@ def test_select_ranks_the_pool_and_writes_list_and_report(onnx_server: RunningSe
     assert report.count('alt="uncertainty" src="data:image/png;base64,') == 4
     assert "truncated.png" in report
     assert "chose 4 of 12 images" in capsys.readouterr().out
+
+
+def test_a_budget_of_zero_chooses_nothing_and_ranks_the_pool(onnx_server: RunningServer, pool: Path,
+                                                             tmp_path: Path) -> None:
+    """``diverse`` with budget 0 stacked an empty shortlist: a traceback after the whole pool was scored."""
+    out = tmp_path / "selection.json"
+    code = main(["select", str(pool), "--budget", "0", "--out", str(out), "--server", onnx_server.address,
+                 "--model", "deeplab"])
+    selection = json.loads(out.read_text())
+    assert code == 1 and selection["selected"] == [] and len(selection["ranked"]) == 12  # 1: truncated.png failed
+
+
+@pytest.mark.parametrize("case", ["empty-pool", "out-is-html", "report-is-out", "out-is-a-folder", "out-under-a-file",
+                                  "out-is-a-pool-image"])
+def test_unusable_inputs_are_refused_before_any_image_is_scored(tmp_path: Path, camvid_val_images: list[Path],
+                                                                case: str, capsys: pytest.CaptureFixture) -> None:
+    """Each was found only after the whole pool had been scored (or not at all: an empty pool wrote
+    an empty selection, and --out x.html had the report overwrite the list). No server is running
+    here: the command must stop before it would need one."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    if case != "empty-pool":
+        (pool / "a.png").symlink_to(camvid_val_images[0])
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "folder").mkdir()
+    out, extra = {"empty-pool": ("sel.json", []), "out-is-html": ("sel.html", []),
+                  "report-is-out": ("sel.json", ["--report", str(tmp_path / "sel.json")]),
+                  "out-is-a-folder": ("folder", []), "out-under-a-file": ("afile/sel.json", []),
+                  "out-is-a-pool-image": ("pool/a.png", ["--report", str(tmp_path / "r.html")])}[case]
+    code = main(["select", str(pool), "--budget", "1", "--out", str(tmp_path / out), *extra,
+                 "--server", "127.0.0.1:1", "--timeout", "2"])
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith("prelabel select: ") and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "sel.json").exists() and not (tmp_path / "sel.html").exists()
+    assert (pool / "a.png").is_symlink() or case == "empty-pool"
+
+
+def test_a_server_gone_mid_run_keeps_what_was_scored_and_lists_the_rest(start_extra_server,
+                                                                        camvid_val_images: list[Path],
+                                                                        tmp_path: Path) -> None:
+    """The scores already received were thrown away and nothing was written; now every image is
+    either ranked or listed as not scored, and the report says why each heat map is missing."""
+    server = start_extra_server()
+    images = camvid_val_images[:24]
+    served = {"model": "deeplab", "outcome": "ok"}
+    before = REGISTRY.get_sample_value("prelabel_requests_total", served) or 0.0
+
+    def stop_after_three_images() -> None:
+        while (REGISTRY.get_sample_value("prelabel_requests_total", served) or 0.0) < before + 3:
+            time.sleep(0.05)
+        server.stop(grace=0)
+
+    stopper = threading.Thread(target=stop_after_three_images, daemon=True)
+    stopper.start()
+    with PreLabelClient(server.address, timeout=30) as client:
+        selection = rank_pool(client, images, 2, "uncertainty", model="deeplab")
+        stopper.join(timeout=60)
+        assert 3 <= len(selection.ranked) < len(images)
+        assert {r.image for r in selection.ranked} | set(selection.failed) == {str(p) for p in images}
+        assert all(error.startswith("not scored: ") for error in selection.failed.values())
+        report = tmp_path / "report.html"
+        write_report(client, selection, report)
+    page = report.read_text()
+    assert page.count('alt="image"') == 2 and "UNAVAILABLE" in page and page.count("<li>") == len(selection.failed)

@@ -244,3 +244,16 @@ def test_an_unknown_option_name_is_a_clear_error_before_any_request(onnx_client:
         onnx_client.predict_many([small_camvid_png], mask_format="png", raise_on_error=False)
     with pytest.raises(ValueError, match="unknown output 'masks': choose from"):
         onnx_client.score_many([small_camvid_png], outputs=("masks",))
+    with pytest.raises(ValueError, match=r"top_fraction must be in \(0, 1\], got 0"):  # not once per image
+        onnx_client.score_many([small_camvid_png], top_fraction=0.0)
+
+
+def test_score_ignores_the_output_and_format_fields_as_documented(stub, small_camvid_png: bytes) -> None:
+    """Score returns no maps, and the .proto says it ignores these fields; an unknown output or a
+    format that no map takes failed every image with INVALID_ARGUMENT."""
+    odd = _request(small_camvid_png, outputs=[99], mask_format=pb.ARRAY_FORMAT_RAW_FLOAT16, max_review_regions=0)
+    (response,) = stub.Score(iter([pb.ScoreRequest(id="a", request=odd)]), timeout=120)
+    assert response.WhichOneof("outcome") == "scores" and 0.0 <= response.scores.mean_uncertainty <= 1.0
+    with pytest.raises(grpc.RpcError) as refused:  # Predict still checks them
+        stub.Predict(odd, timeout=120)
+    assert refused.value.code() == INVALID

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto.errors import InvalidInput
 from prelabel_models.postprocessing import MapSummary
@@ -59,24 +61,32 @@ def _image(message: pb.PredictRequest) -> bytes | RawPixels:
 
 
 def segment_request(message: pb.PredictRequest) -> SegmentRequest:
-    return SegmentRequest(
-        image=_image(message),
-        model=message.model,
-        model_version=message.model_version,
+    return replace(
+        _map_request(message),
         outputs=_outputs(list(message.outputs)),
-        measure=_enum_value(_MEASURES, message.uncertainty_measure, "uncertainty_measure", "UncertaintyMeasure"),
         mask_format=_format(message.mask_format, "png_uint8", "mask_format"),
         uncertainty_format=_format(message.uncertainty_format, "png_uint8", "uncertainty_format"),
         probabilities_format=_format(message.probabilities_format, "raw_float16", "probabilities_format"),
-        uncertainty_threshold=message.uncertainty_threshold if message.HasField("uncertainty_threshold") else 0.5,
-        mc_samples=message.mc_samples if message.HasField("mc_samples") else 8,
-        mc_seed=message.mc_seed,
         max_review_regions=message.max_review_regions if message.HasField("max_review_regions") else 10,
     )
 
 
+def _map_request(message: pb.PredictRequest) -> SegmentRequest:
+    """The fields the maps depend on; the outputs and their formats keep their defaults (Score
+    ignores them, as the .proto says)."""
+    return SegmentRequest(
+        image=_image(message),
+        model=message.model,
+        model_version=message.model_version,
+        measure=_enum_value(_MEASURES, message.uncertainty_measure, "uncertainty_measure", "UncertaintyMeasure"),
+        uncertainty_threshold=message.uncertainty_threshold if message.HasField("uncertainty_threshold") else 0.5,
+        mc_samples=message.mc_samples if message.HasField("mc_samples") else 8,
+        mc_seed=message.mc_seed,
+    )
+
+
 def score_request(message: pb.ScoreRequest) -> ScoreRequest:
-    return ScoreRequest(segment=segment_request(message.request), return_embedding=message.return_embedding,
+    return ScoreRequest(segment=_map_request(message.request), return_embedding=message.return_embedding,
                         top_fraction=message.top_fraction if message.HasField("top_fraction") else 0.05)
 
 
