@@ -82,14 +82,14 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from prelabel_client.batch import predict_files
 
-    with PreLabelClient(args.server, timeout=args.timeout, token=args.token) as client:
+    with _connect(args) as client:
         report = predict_files(client, args.images, args.out, model=args.model, measure=args.measure)
     print(report.describe())
     return 0 if report.failed == 0 else 1
 
 
 def _models(args: argparse.Namespace) -> int:
-    with PreLabelClient(args.server, timeout=args.timeout, token=args.token) as client:
+    with _connect(args) as client:
         for info in client.models():
             marker = "*" if info.is_default else " "
             error = info.error.splitlines()[0] if info.error else ""
@@ -112,7 +112,7 @@ def _select(args: argparse.Namespace) -> int:
     images = _pool_images(args.pool)
     report = args.report or args.out.with_suffix(".html")
     check_outputs(args.out, report, images)
-    with PreLabelClient(args.server, timeout=args.timeout, token=args.token) as client:
+    with _connect(args) as client:
         selection = rank_pool(client, images, args.budget, args.strategy, score=args.score, measure=args.measure,
                               model=args.model, seed=args.seed)
         report.unlink(missing_ok=True)  # an earlier run's report must not stand beside this run's list
@@ -141,7 +141,7 @@ def _pool_images(pool: Path) -> list[Path]:
 
 
 def _reload(args: argparse.Namespace) -> int:
-    with PreLabelClient(args.server, timeout=args.timeout, token=args.token) as client:
+    with _connect(args) as client:
         info, previous = client.reload_model(args.name)
     print(f"{info.name}: version {previous or '-'} -> {info.version} ({info.state} on {info.backend}, {info.device})")
     return 0
@@ -185,8 +185,26 @@ def _demo(args: argparse.Namespace) -> int:
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default=os.environ.get("PRELABEL_SERVER", "127.0.0.1:50051"),
                         help="host:port of the server (PRELABEL_SERVER, default 127.0.0.1:50051)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="deadline per call, seconds")
+    parser.add_argument("--timeout", type=_seconds, default=120.0, help="deadline per call, seconds (more than 0)")
     parser.add_argument("--token", default=os.environ.get("PRELABEL_TOKEN"), help="bearer token (PRELABEL_TOKEN)")
+    parser.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's root certificates")
+    parser.add_argument("--root-certificates", type=Path, metavar="PEM",
+                        help="speak TLS, trusting these PEM root certificates (e.g. a self-signed server's own)")
+
+
+def _connect(args: argparse.Namespace) -> PreLabelClient:
+    roots = args.root_certificates.read_bytes() if args.root_certificates else None
+    return PreLabelClient(args.server, timeout=args.timeout, token=args.token, tls=args.tls, root_certificates=roots)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < value < 1e9:  # also refuses nan and inf, which gRPC takes as an instant deadline
+        raise argparse.ArgumentTypeError(f"must be more than 0 and less than 1e9 seconds, got {text}")
+    return value
 
 
 def _add_commands(commands: argparse._SubParsersAction) -> None:
@@ -272,7 +290,7 @@ def _usage_error(exc: Exception) -> str | None:
         return None
     if getattr(exc, "title", "") == "ServerSettings":  # pydantic, on the PRELABEL_* environment
         return "; ".join(f"PRELABEL_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']} (got {error['input']!r})"
-                         for error in exc.errors())
+                         if error["loc"] else error["msg"].removeprefix("Value error, ") for error in exc.errors())
     return str(exc)
 
 

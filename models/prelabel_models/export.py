@@ -102,8 +102,8 @@ def check_parity(package: ModelPackage, images: list[Path]) -> ParityReport:
 
 def export_and_check(package_dir: Path, check_dir: Path, max_images: int = 5) -> ParityReport:
     package = ModelPackage.open(package_dir)
-    export_onnx(package)
-    images = list_images(check_dir)[:max_images]
+    images = list_images(check_dir)[:max_images]  # checked first: an export that cannot be checked is not written
     if not images:
         raise FileNotFoundError(f"no images in {check_dir} to check the export on")
+    export_onnx(package)
     return check_parity(package, images)

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import segmentation_models_pytorch as smp
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from prelabel_models.card import ModelCard
+from prelabel_models.package import ModelPackageError
 
 
 class SegmentationNetwork(nn.Module):
@@ -102,9 +104,18 @@ def build_network(card: ModelCard) -> SegmentationNetwork:
 
 
 def load_network(card: ModelCard, weights: Path) -> SegmentationNetwork:
+    """The card's network with ``weights``; a file that is not safetensors, or holds another
+    network's weights, is the package's fault (ModelPackageError), not a crash."""
     network = build_network(card)
-    state = {k: v.float() for k, v in load_file(str(weights)).items()}
-    network.load_state_dict(state)
+    try:
+        state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    except SafetensorError as exc:
+        raise ModelPackageError(f"{weights} is not a readable safetensors file ({exc})") from None
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelPackageError(f"{weights} does not hold the weights of the card's {card.architecture}/"
+                                f"{card.encoder} network: {str(exc).splitlines()[0]}") from None
     return network.eval()
 
 

@@ -28,7 +28,8 @@ class ModelPackage:
         try:
             card = ModelCard.load(folder)
         except ValidationError as exc:  # also JSON that does not parse
-            raise ModelPackageError(f"{folder / CARD_FILE} is invalid: {exc}") from exc
+            problems = "; ".join(f"{'.'.join(map(str, error['loc'])) or 'card'}: {error['msg']}" for error in exc.errors())
+            raise ModelPackageError(f"{folder / CARD_FILE} is invalid: {problems}") from exc
         # Not a ValidationError, yet just as much the package's fault: callers (the registry, the
         # repository watcher) only expect ModelPackageError, and anything else escaped them.
         except UnicodeDecodeError as exc:

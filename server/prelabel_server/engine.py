@@ -68,26 +68,26 @@ class Engine:
 
     def segment(self, request: SegmentRequest, caller_gone: CallerGone = _never_gone) -> SegmentResult:
         """Runs one request. ``caller_gone`` lets the batcher drop it if its caller has left."""
-        self._validate(request)
-        return self._counted(request.model, lambda served: self._segment_on(served, request, caller_gone), request)
+        return self._counted(request, lambda: self._validate(request),
+                             lambda served: self._segment_on(served, request, caller_gone))
 
     def score(self, request: ScoreRequest, caller_gone: CallerGone = _never_gone) -> ScoreResult:
         """Acquisition scores (and optionally the embedding) of one pool image; no maps leave."""
-        self._validate_options(request.segment)
-        if not 0.0 < request.top_fraction <= 1.0:
-            raise InvalidInput(f"top_fraction must be in (0, 1], got {request.top_fraction}")
-        return self._counted(request.segment.model, lambda served: self._score_on(served, request, caller_gone),
-                             request.segment)
+        return self._counted(request.segment, lambda: self._validate_score(request),
+                             lambda served: self._score_on(served, request, caller_gone))
 
     def reload(self, name: str) -> tuple[ModelStatus, str]:
         served, previous = self.registry.reload(name)
         return self._status(served, self.registry.default_name), previous
 
-    def _counted(self, model: str, run: Callable[[ServedModel], ResultT], request: SegmentRequest) -> ResultT:
-        """Runs on the current model (again if it was replaced meanwhile) and records metrics."""
+    def _counted(self, request: SegmentRequest, validate: Callable[[], None],
+                 run: Callable[[ServedModel], ResultT]) -> ResultT:
+        """Validates, then runs on the current model (again if it was replaced meanwhile), and
+        records the outcome in the metrics, a refused request's too."""
         started = time.perf_counter()
-        label = self.registry.metric_label(model)
+        label = self.registry.metric_label(request.model)
         try:
+            validate()
             result = self._on_current_model(run, request)
         except PrelabelError as exc:
             metrics.REQUESTS.labels(label, exc.code.name.lower()).inc()
@@ -147,6 +147,11 @@ class Engine:
         encoding.check_format("mask", request.mask_format)
         encoding.check_format("uncertainty", request.uncertainty_format)
         encoding.check_format("probabilities", request.probabilities_format)
+
+    def _validate_score(self, request: ScoreRequest) -> None:
+        self._validate_options(request.segment)
+        if not 0.0 < request.top_fraction <= 1.0:
+            raise InvalidInput(f"top_fraction must be in (0, 1], got {request.top_fraction}")
 
     @staticmethod
     def _validate_options(request: SegmentRequest) -> None:

@@ -66,6 +66,11 @@ class ModelRegistry:
                 if served.name in self._models:
                     served = self._duplicate(served, self._models[served.name])
                 self._models[served.name] = served
+        default = self._settings.default_model
+        if default and default not in self._models:
+            raise ModelPackageError(f"PRELABEL_DEFAULT_MODEL names {default!r}, which no package in "
+                                    f"{self._settings.model_repository} declares: choose one of {sorted(self._models)}, "
+                                    "or leave it empty for the first ready model")
 
     @staticmethod
     def _duplicate(served: ServedModel, first: ServedModel) -> ServedModel:
@@ -182,12 +187,17 @@ class ModelRegistry:
                     raise FailedPrecondition(f"model {name!r} failed to load from {fresh.folder}; still serving "
                                              f"version {old.card.version!r}: {fresh.error}")
                 self._models[name] = fresh
-                for stale in [key for key, m in self._models.items()
-                              if m.folder == folder and key != name and m.state == "failed"]:
-                    del self._models[stale]
+                # What this folder served under another name goes: a failed entry (its folder name while
+                # its card was unreadable, or a duplicate's name), or the model before its card was renamed.
+                retired = [self._models.pop(key) for key, m in list(self._models.items())
+                           if m.folder == folder and key != name and (m.state == "failed" or fresh.state == "ready")]
                 self._unloadable.pop(folder, None)
-            if old is not None and old.batcher is not None:
-                old.batcher.stop()
+            for gone in [old, *retired]:
+                if gone is not None and gone.batcher is not None:
+                    gone.batcher.stop()
+            if any(gone.state == "ready" for gone in retired):
+                log.warning("the package in %s now names itself %r: %s no longer served", folder, name,
+                            [gone.name for gone in retired if gone.state == "ready"])
             if fresh.state != "ready":
                 raise FailedPrecondition(f"model {name!r} failed to load from {fresh.folder}: {fresh.error}")
             previous = old.card.version if old is not None and old.card is not None and old.state == "ready" else ""
@@ -237,7 +247,8 @@ class ModelRegistry:
         if served is None:
             if not name:
                 raise ModelUnavailable("no model is ready to serve as default: see ListModels for load errors")
-            raise ModelNotFound(f"no model named {name!r}; available: {known}")
+            setting = " (the default model, PRELABEL_DEFAULT_MODEL)" if name == self._settings.default_model else ""
+            raise ModelNotFound(f"no model named {name!r}{setting}; available: {known}")
         return served
 
     def ready(self, name: str, version: str = "") -> ServedModel:

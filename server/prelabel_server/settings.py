@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,12 +35,12 @@ class ServerSettings(BaseSettings):
     device_maps: bool = Field(default=True, description=(
         "On a GPU, turn the logits into the mask, confidence and uncertainty there and copy only those "
         "back; off: copy the logits and derive the maps on the host, as on the CPU (less GPU memory)."))
-    inference_threads: int = Field(default=0, ge=0, description="Intra-op threads per model; 0: the runtime's default.")
+    inference_threads: int = Field(default=0, ge=0, le=1024, description="Intra-op threads per model; 0: the runtime's default.")
     onnx_spin_wait: bool = Field(default=True, description=(
         "Let ONNX Runtime's intra-op threads spin between operators (never after a run returns). "
         "On (the runtime's default); off lost every one of 6 paired rounds on 2 cores (docs/benchmarks.md)."))
-    workers: int = Field(default=8, ge=1, description="Threads serving RPCs.")
-    stream_workers: int = Field(default=8, ge=1, description=(
+    workers: int = Field(default=8, ge=1, le=4096, description="Threads serving RPCs.")
+    stream_workers: int = Field(default=8, ge=1, le=4096, description=(
         "Threads processing streamed items (shared by all streams). A batch only fills with items decoded "
         "while the one before it runs, so full batches need twice max_batch_size in the engine: with 4, "
         "streamed batches alternated 1 and 3 images; with 8 they hold 4 (docs/benchmarks.md)."))
@@ -48,9 +48,10 @@ class ServerSettings(BaseSettings):
         "Streams (PredictStream, Score) open at once; more are refused with RESOURCE_EXHAUSTED. A stream "
         "holds an RPC thread while it is open, so the cap keeps threads free for single calls. "
         "0: half the RPC threads, at least 1."))
-    max_in_flight_per_stream: int = Field(default=16, ge=1, description=(
+    max_in_flight_per_stream: int = Field(default=16, ge=1, le=4096, description=(
         "Requests read ahead of sent responses, per stream: enough to keep every stream worker busy."))
-    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request or response message.")
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**31 - 1,  # gRPC takes a 32-bit int
+                                   description="Largest request or response message.")
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest image, height x width (also the decompression-bomb guard).")
     batching: bool = Field(default=True, description="Dynamic batching per model; off runs each request on its own thread at once.")
     max_queue_size: int = Field(default=64, ge=1, description="Requests queued per model before new ones get RESOURCE_EXHAUSTED.")
@@ -58,15 +59,30 @@ class ServerSettings(BaseSettings):
         "Calls in progress or waiting for an RPC thread (a stream counts as one); more are refused at "
         "once with RESOURCE_EXHAUSTED. 0: workers + max_queue_size."))
     max_image_side: int = Field(default=20_000, ge=16, description="Longest image side accepted, in pixels.")
-    tile_batch: int = Field(default=4, ge=1, description="Tiles of a large image run through the network together.")
+    tile_batch: int = Field(default=4, ge=1, le=256, description="Tiles of a large image run through the network together.")
     auth_token: str = Field(default="", description="If set, every call must send 'authorization: Bearer <token>'.")
     tls_certificate: Path | None = Field(default=None, description="PEM certificate chain: serve TLS instead of plaintext.")
     tls_private_key: Path | None = Field(default=None, description="PEM private key for tls_certificate.")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Port for Prometheus /metrics over HTTP; 0 = off.")
-    repository_poll_seconds: float = Field(default=0.0, ge=0, description=(
+    repository_poll_seconds: float = Field(default=0.0, ge=0, le=86_400, allow_inf_nan=False, description=(
         "Poll the model repository this often and reload packages whose files changed (and load new "
         "ones) once they have stayed the same for one more poll; 0 = off (ReloadModel only)."))
-    grace_seconds: float = Field(default=5.0, ge=0, description="On shutdown, time given to calls in flight.")
+    grace_seconds: float = Field(default=5.0, ge=0, le=86_400, allow_inf_nan=False,
+                                 description="On shutdown, time given to calls in flight.")
+
+    @field_validator("repository_poll_seconds")
+    @classmethod
+    def _poll_not_busy(cls, seconds: float) -> float:
+        if 0 < seconds < 0.1:
+            raise ValueError("polling more often than every 0.1 s would keep a core busy: use 0 (off) or 0.1 or more")
+        return seconds
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "ServerSettings":
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError("TLS needs both PRELABEL_TLS_CERTIFICATE and PRELABEL_TLS_PRIVATE_KEY; with only one "
+                             "the server would have served plaintext")
+        return self
 
     @property
     def admitted_rpcs(self) -> int:

@@ -25,6 +25,13 @@ def _prelabel(*args: str, **env: str) -> subprocess.CompletedProcess:
     (("select", "/no/such/pool", "--budget", "2", "--out", "selection.json"), {}, "No such file or directory"),
     (("select", "samples", "--budget", "-1", "--out", "selection.json"), {}, "--budget: must be 0 or more"),
     (("demo", "--images", "/no/such/folder", "--out", "demo-output"), {}, "no PNG images in /no/such/folder"),
+    # Accepted before, then an OverflowError traceback, a thread dying, plaintext, or a start-up that never ended:
+    (("serve",), {"PRELABEL_MAX_MESSAGE_BYTES": "3000000000"}, "PRELABEL_MAX_MESSAGE_BYTES: Input should be less than"),
+    (("serve",), {"PRELABEL_GRACE_SECONDS": "inf"}, "PRELABEL_GRACE_SECONDS: Input should be a finite number"),
+    (("serve",), {"PRELABEL_REPOSITORY_POLL_SECONDS": "0.000001"}, "use 0 (off) or 0.1 or more"),
+    (("serve",), {"PRELABEL_TLS_CERTIFICATE": "cert.pem"}, "TLS needs both PRELABEL_TLS_CERTIFICATE and"),
+    (("serve",), {"PRELABEL_INFERENCE_THREADS": "100000"}, "PRELABEL_INFERENCE_THREADS: Input should be less than"),
+    (("models", "--timeout", "inf"), {}, "--timeout: must be more than 0 and less than 1e9 seconds"),
 ])
 def test_unusable_settings_and_inputs_get_one_line(args, env, says, tmp_path: Path):
     run = _prelabel(*args, **env)
@@ -48,3 +55,25 @@ def test_select_counts_are_checked_by_the_parser(option: str, value: str, messag
     with pytest.raises(SystemExit) as exited:
         main(["select", "pool", "--out", "sel.json", *(part for pair in arguments.items() for part in pair)])
     assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_export_of_damaged_weights_or_without_check_images_says_so_and_writes_nothing(tmp_path: Path,
+                                                                                     repo_root: Path):
+    """Damaged weights gave a SafetensorError traceback; a --check-images folder that does not exist
+    was found only after the export, which left unchecked ONNX files in the package."""
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "card.json").write_bytes((repo_root / "models/camvid/card.json").read_bytes())
+    (damaged / "model.safetensors").write_bytes((repo_root / "models/camvid/model.safetensors").read_bytes()[:1000])
+    run = _prelabel("export", str(damaged))
+    assert run.returncode == 2 and "is not a readable safetensors file" in run.stderr
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    for name in ("card.json", "model.safetensors"):
+        (whole / name).write_bytes((repo_root / "models/camvid" / name).read_bytes())
+    run = _prelabel("export", str(whole), "--check-images", str(tmp_path / "nowhere"))
+    assert run.returncode == 2 and "nowhere" in run.stderr and not list(whole.glob("*.onnx"))
+    (damaged / "card.json").write_text('{"name": "x"}')
+    run = _prelabel("export", str(damaged))
+    assert run.returncode == 2 and "card.json is invalid: " in run.stderr and len(run.stderr.strip().splitlines()) == 1

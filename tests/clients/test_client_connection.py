@@ -64,6 +64,14 @@ def _requests(model: str, outcome: str) -> float:
     return REGISTRY.get_sample_value("prelabel_requests_total", {"model": model, "outcome": outcome}) or 0.0
 
 
+def test_requests_refused_for_their_options_are_counted(onnx_client: PreLabelClient, small_camvid_png: bytes) -> None:
+    """Validation ran before the count: a request refused for its options was not in the metric."""
+    before = _requests("deeplab", "invalid_argument")
+    with pytest.raises(InvalidInput, match="uncertainty_threshold"):
+        onnx_client.predict(small_camvid_png, model="deeplab", uncertainty_threshold=1.5)
+    assert _requests("deeplab", "invalid_argument") == before + 1
+
+
 class TestDeadlinesAndRetries:
     def test_a_passed_deadline_raises_and_the_server_keeps_serving(self, onnx_client: PreLabelClient,
                                                                    camvid_val_images, small_camvid_png: bytes) -> None:

@@ -70,3 +70,17 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(reload_server, 
         assert client.model(MODEL).state == "ready"
         with pytest.raises(ModelNotFound):
             client.reload_model("no-such-model")
+
+
+def test_a_package_renamed_in_its_card_serves_under_its_new_name_alone(reload_server, camvid_val_images):
+    """The old name went on serving from the same folder beside the new one, for good: two loaded
+    copies, and reloading the old name reloaded the new one."""
+    running, folder = reload_server
+    _set_card_field(folder, name="renamed", version="2")
+    with PreLabelClient(running.address) as admin:
+        info, _ = admin.reload_model(MODEL)
+        assert (info.name, info.version, info.state) == ("renamed", "2", "ready")
+        assert [model.name for model in admin.models()] == ["renamed"]
+        assert admin.predict(camvid_val_images[0], model="renamed").model_version == "2"
+        with pytest.raises(ModelNotFound):
+            admin.predict(camvid_val_images[0], model=MODEL)

@@ -1,19 +1,75 @@
-"""A server that cannot start says why at once: a port already in use is an error, not a second
-server beside the first (gRPC's default, SO_REUSEPORT, allowed that silently)."""
+"""A server that cannot start says why at once, naming the setting to fix: a port already in use
+is an error, not a second server beside the first (gRPC's default, SO_REUSEPORT, allowed that
+silently); so are half a TLS setting, a certificate and key that do not match, a metrics port in
+use, a default model that no package declares and a host that does not resolve."""
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from prelabel_client import PreLabelClient
+from prelabel_client.cli import main
+from prelabel_models import ModelPackageError
 from prelabel_server.grpc_api.server import start_server
 from prelabel_server.settings import ServerSettings
 
 
 def _settings(model_repository: Path, **fields: object) -> ServerSettings:
-    return ServerSettings(host="127.0.0.1", model_repository=model_repository, backend="onnx", **fields)
+    return ServerSettings(**{"host": "127.0.0.1", "model_repository": model_repository, "backend": "onnx", **fields})
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_the_cli_reaches_a_tls_server_with_its_root_certificate(model_repository, certificate, capsys) -> None:
+    """The CLI had no TLS option: against a TLS server it failed with "Socket closed"."""
+    cert, key = certificate
+    running = start_server(_settings(model_repository, port=0, tls_certificate=cert, tls_private_key=key))
+    try:
+        assert main(["models", "--server", running.address, "--root-certificates", str(cert)]) == 0
+        assert "deeplab" in capsys.readouterr().out
+        assert main(["models", "--server", running.address, "--timeout", "10"]) == 1  # plaintext is not answered
+        assert "UNAVAILABLE" in capsys.readouterr().err
+    finally:
+        running.stop(grace=0)
+
+
+def test_half_a_tls_setting_or_a_mismatched_key_is_refused(model_repository, certificate, tmp_path) -> None:
+    """With only the certificate set the server served plaintext; a key that is not the
+    certificate's was reported as "is another server using the port?"."""
+    cert, _ = certificate
+    with pytest.raises(ValidationError, match="TLS needs both"):
+        _settings(model_repository, port=0, tls_certificate=cert)
+    with pytest.raises(OSError, match="cannot serve TLS with PRELABEL_TLS_CERTIFICATE=.*the key the certificate's own"):
+        start_server(_settings(model_repository, port=0, tls_certificate=cert, tls_private_key=cert))
+
+
+def test_startup_errors_name_the_setting_to_fix(model_repository) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match=r"cannot serve metrics on 127.0.0.1:\d+ .*PRELABEL_METRICS_PORT"):
+            start_server(_settings(model_repository, port=0, metrics_port=taken.getsockname()[1]))
+    with pytest.raises(ModelPackageError, match="PRELABEL_DEFAULT_MODEL names 'ghost', which no package"):
+        start_server(_settings(model_repository, port=0, default_model="ghost"))
+    with pytest.raises(OSError, match="host 'no-such-host.invalid' does not resolve"):
+        start_server(_settings(model_repository, host="no-such-host.invalid", port=0))
 
 
 def test_a_port_in_use_is_a_startup_error(model_repository, small_camvid_png):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
+import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,7 +46,10 @@ class RunningServer:
     def stop(self, grace: float | None = None) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(self.engine.settings.grace_seconds if grace is None else grace).wait()
-        self.stream_executor.shutdown(wait=False, cancel_futures=True)
+        # Items already running finish (their callers are gone, so the batcher drops them or a
+        # tiled image stops at its next band); left running, they met the CPU pool shut down at
+        # the interpreter's exit and logged internal errors.
+        self.stream_executor.shutdown(wait=True, cancel_futures=True)
         self.engine.close()
 
 
@@ -93,10 +98,14 @@ class _ModelHealth:
 
 def _bind(server: grpc.Server, settings: ServerSettings) -> int:
     address = f"{settings.host}:{settings.port}"
+    credentials = _tls_credentials(settings)
     try:
-        if settings.tls_certificate and settings.tls_private_key:
-            credentials = grpc.ssl_server_credentials(
-                [(settings.tls_private_key.read_bytes(), settings.tls_certificate.read_bytes())])
+        socket.getaddrinfo(settings.host, settings.port)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {address}: host {settings.host!r} does not resolve ({exc.strerror}); "
+                      "set PRELABEL_HOST to an address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+    try:
+        if credentials is not None:
             return server.add_secure_port(address, credentials)
         return server.add_insecure_port(address)
     except RuntimeError as exc:  # grpcio's "Failed to bind"
@@ -104,10 +113,36 @@ def _bind(server: grpc.Server, settings: ServerSettings) -> int:
                       "with PRELABEL_PORT, or set PRELABEL_REUSE_PORT=true to run several processes on it") from None
 
 
+def _tls_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """The server's TLS credentials, once Python's ssl module has accepted the pair: gRPC reports a
+    bad certificate or key, or a key that belongs to another certificate, only as a failed bind."""
+    if settings.tls_certificate is None or settings.tls_private_key is None:
+        return None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(settings.tls_certificate, settings.tls_private_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise OSError(f"cannot serve TLS with PRELABEL_TLS_CERTIFICATE={settings.tls_certificate} and "
+                      f"PRELABEL_TLS_PRIVATE_KEY={settings.tls_private_key}: {exc.strerror or exc} (both must be PEM "
+                      "files, the key the certificate's own)") from None
+    return grpc.ssl_server_credentials([(settings.tls_private_key.read_bytes(), settings.tls_certificate.read_bytes())])
+
+
+def _start_metrics(settings: ServerSettings) -> None:
+    try:
+        start_metrics_server(settings.metrics_port, settings.host)
+    except OSError as exc:
+        raise OSError(f"cannot serve metrics on {settings.host}:{settings.metrics_port} ({exc.strerror or exc}): "
+                      "choose another PRELABEL_METRICS_PORT, or 0 for none") from None
+
+
 def start_server(settings: ServerSettings) -> RunningServer:
     """Loads the model repository, then starts serving; returns once the port is bound."""
     engine = Engine(settings)
-    engine.load_models()
+    try:
+        engine.load_models()
+    except Exception:
+        engine.close()  # the models loaded so far would keep their threads
+        raise
     interceptors = [TokenInterceptor(settings.auth_token)] if settings.auth_token else []
     interceptors.append(ErrorInterceptor())
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -129,12 +164,12 @@ def start_server(settings: ServerSettings) -> RunningServer:
         port = _bind(server, settings)
         if port == 0:
             raise OSError(f"cannot listen on {settings.host}:{settings.port}: is another server using the port?")
+        if settings.metrics_port:
+            _start_metrics(settings)
     except OSError:
         engine.close()  # its models' threads would outlive the server that never started
         raise
     server.start()
-    if settings.metrics_port:
-        start_metrics_server(settings.metrics_port, settings.host)
     model_health.update()
     return RunningServer(server, port, engine, health_servicer, stream_executor)
 
