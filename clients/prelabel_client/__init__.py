@@ -3,12 +3,18 @@
 from prelabel_client.client import PreLabelClient
 from prelabel_client.results import ClassShare, FailedPrediction, ImageScores, ModelInfo, Prediction, Summary
 from prelabel_proto.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InternalError,
     InvalidInput,
     ModelNotFound,
     ModelUnavailable,
     PrelabelError,
     ResourceExhausted,
+    Unauthenticated,
 )
 
-__all__ = ["ClassShare", "FailedPrediction", "ImageScores", "InvalidInput", "ModelInfo", "ModelNotFound", "ModelUnavailable",
-           "PreLabelClient", "Prediction", "PrelabelError", "ResourceExhausted", "Summary"]
+__all__ = ["Cancelled", "ClassShare", "DeadlineExceeded", "FailedPrecondition", "FailedPrediction", "ImageScores",
+           "InternalError", "InvalidInput", "ModelInfo", "ModelNotFound", "ModelUnavailable", "PreLabelClient",
+           "Prediction", "PrelabelError", "ResourceExhausted", "Summary", "Unauthenticated"]

@@ -185,16 +185,22 @@ def _demo(args: argparse.Namespace) -> int:
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default=os.environ.get("PRELABEL_SERVER", "127.0.0.1:50051"),
                         help="host:port of the server (PRELABEL_SERVER, default 127.0.0.1:50051)")
-    parser.add_argument("--timeout", type=_seconds, default=120.0, help="deadline per call, seconds (more than 0)")
+    parser.add_argument("--timeout", type=_seconds, default=120.0,
+                        help="deadline per call, and the longest wait for a stream's next result, seconds (more than 0)")
     parser.add_argument("--token", default=os.environ.get("PRELABEL_TOKEN"), help="bearer token (PRELABEL_TOKEN)")
     parser.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's root certificates")
     parser.add_argument("--root-certificates", type=Path, metavar="PEM",
                         help="speak TLS, trusting these PEM root certificates (e.g. a self-signed server's own)")
+    parser.add_argument("--max-message-bytes", type=_count,
+                        default=os.environ.get("PRELABEL_MAX_MESSAGE_BYTES", str(64 * 1024 * 1024)),
+                        help="largest message, as the server's PRELABEL_MAX_MESSAGE_BYTES (read from there by "
+                             "default): an image over it is reported alone instead of failing the whole job")
 
 
 def _connect(args: argparse.Namespace) -> PreLabelClient:
     roots = args.root_certificates.read_bytes() if args.root_certificates else None
-    return PreLabelClient(args.server, timeout=args.timeout, token=args.token, tls=args.tls, root_certificates=roots)
+    return PreLabelClient(args.server, timeout=args.timeout, token=args.token, tls=args.tls, root_certificates=roots,
+                          max_message_bytes=args.max_message_bytes, stream_idle_timeout=args.timeout)
 
 
 def _seconds(text: str) -> float:

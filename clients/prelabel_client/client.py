@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar, Union
@@ -24,7 +25,7 @@ from prelabel_client.results import (
 from prelabel_proto import SERVICE_NAME
 from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto import prelabel_pb2_grpc as pb_grpc
-from prelabel_proto.errors import InvalidInput, PrelabelError, ResourceExhausted, error_for_code
+from prelabel_proto.errors import DeadlineExceeded, InvalidInput, PrelabelError, ResourceExhausted, error_for_code
 
 ImageInput = Union[str, Path, bytes, np.ndarray]
 ResultT = TypeVar("ResultT")
@@ -99,15 +100,22 @@ class PreLabelClient:
     """A connection to a prelabel server.
 
     ``timeout`` is each call's deadline in seconds; calls failing with UNAVAILABLE are retried up to
-    ``retries`` times (and only those). ``root_certificates`` (PEM bytes) or ``tls=True`` switch to
-    TLS; ``token`` is sent as ``authorization: Bearer <token>``; ``channel_options`` are passed to gRPC.
+    ``retries`` times (and only those). ``stream_idle_timeout`` gives up a stream (DEADLINE_EXCEEDED)
+    when no result has come for that many seconds while images are in flight: a server that stopped
+    answering would otherwise hold a batch job for ever (None: wait). ``root_certificates`` (PEM
+    bytes) or ``tls=True`` switch to TLS; ``token`` is sent as ``authorization: Bearer <token>``;
+    ``channel_options`` are passed to gRPC.
     """
 
     def __init__(self, target: str, *, timeout: float | None = 60.0, retries: int = 3, tls: bool = False,
                  root_certificates: bytes | None = None, token: str | None = None,
-                 max_message_bytes: int = 64 * 1024 * 1024, channel_options: Sequence[tuple[str, object]] = ()) -> None:
+                 max_message_bytes: int = 64 * 1024 * 1024, stream_idle_timeout: float | None = None,
+                 channel_options: Sequence[tuple[str, object]] = ()) -> None:
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes), ("grpc.enable_retries", int(retries > 0)),
+                   # gRPC retries only a request that fits its retry buffer (256 KiB by default): a typical
+                   # PNG did not, and failed at once on UNAVAILABLE.
+                   ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
                    *channel_options]
         if retries > 0:  # gRPC refuses a retry policy of fewer than 2 attempts: no policy at all then
             options.append(("grpc.service_config", _retry_service_config(retries + 1)))
@@ -119,6 +127,7 @@ class PreLabelClient:
         self._stub = pb_grpc.PrelabelServiceStub(self._channel)
         self._max_message_bytes = max_message_bytes
         self._timeout = timeout
+        self._stream_idle_timeout = stream_idle_timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def __enter__(self) -> "PreLabelClient":
@@ -200,13 +209,25 @@ class PreLabelClient:
                         result_field: str, convert: Callable[[Message], ResultT], window: int, raise_on_error: bool,
                         timeout: float | None) -> Iterator[ResultT | FailedPrediction]:
         """Sends ``build(id, image)`` for each image with at most ``window`` unanswered, and yields
-        ``convert(response.<result_field>)`` — or the item's error — in input order."""
+        ``convert(response.<result_field>)`` — or the item's error — in input order. An exception
+        from ``images`` itself ends the stream after the results of the images before it, and is
+        raised as it was (gRPC would have replaced it with "Exception iterating requests!")."""
         sent_slots = threading.Semaphore(window)
         finished = threading.Event()
         unsent: dict[int, PrelabelError] = {}  # inputs that could not be sent, reported at their position
+        input_error: list[BaseException] = []
+        watch = _IdleWatch(self._stream_idle_timeout)
 
         def requests() -> Iterator[Message]:
-            for index, image in enumerate(images):
+            numbered = enumerate(images)
+            while True:
+                try:
+                    index, image = next(numbered)
+                except StopIteration:
+                    return
+                except Exception as exc:  # the caller's own iterator failed: theirs to see, unchanged
+                    input_error.append(exc)
+                    return
                 while not sent_slots.acquire(timeout=0.2):
                     if finished.is_set():
                         return
@@ -217,11 +238,13 @@ class PreLabelClient:
                 except ResourceExhausted as exc:
                     unsent[index] = exc
                 else:
+                    watch.sent()
                     yield message
                     continue
                 sent_slots.release()  # nothing was sent: holding its slot would stall the stream
 
         call = method(requests(), timeout=timeout or None, metadata=self._metadata)
+        watch.start(call)
         received: dict[int, Message] = {}
         next_index = 0
 
@@ -241,24 +264,30 @@ class PreLabelClient:
 
         try:
             for response in call:
+                watch.received()
                 received[int(response.id)] = response
-                yield from ready_in_order()
-            yield from ready_in_order()
+                yield from watch.handed_over(ready_in_order())
+            yield from watch.handed_over(ready_in_order())
         except grpc.RpcError as exc:
-            raise _error_from(exc) from exc
+            raise watch.error() or _error_from(exc) from exc
         finally:
             finished.set()
+            watch.stop()
             call.cancel()
+        if input_error:
+            raise input_error[0]
 
     def _sendable(self, message: Message, index: int) -> Message:
         """``message``, unless it is over the message limit: gRPC would then fail the whole stream,
         and every image after this one would be lost with it."""
         size = message.ByteSize()
         if size > self._max_message_bytes:
+            raw = message.request.image.WhichOneof("source") == "raw"
+            remedy = "send it encoded (PNG or JPEG) rather than as raw pixels" if raw else "send a smaller image"
             raise ResourceExhausted(
                 f"input {index} makes a {size}-byte message, over the limit of {self._max_message_bytes} bytes "
-                "(PreLabelClient's max_message_bytes; the server's is PRELABEL_MAX_MESSAGE_BYTES): send it encoded "
-                "(PNG or JPEG) rather than as raw pixels, or smaller")
+                f"(PreLabelClient's max_message_bytes; the server's is PRELABEL_MAX_MESSAGE_BYTES): {remedy}, "
+                "or raise both limits")
         return message
 
     @staticmethod
@@ -286,3 +315,63 @@ class PreLabelClient:
             return method(message, timeout=timeout or self._timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _error_from(exc) from exc
+
+
+class _IdleWatch:
+    """Cancels a stream that has had images in flight and no result for ``limit`` seconds; the
+    stream then fails with DEADLINE_EXCEEDED saying so, instead of waiting on a stalled server."""
+
+    def __init__(self, limit: float | None) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._since = time.monotonic()
+        self._done = threading.Event()
+        self._expired = False
+        self._paused = False
+
+    def sent(self) -> None:
+        with self._lock:
+            if self._in_flight == 0:
+                self._since = time.monotonic()
+            self._in_flight += 1
+
+    def received(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._since = time.monotonic()
+
+    def handed_over(self, results: Iterator[ResultT]) -> Iterator[ResultT]:
+        """``results``, with the clock stopped while the caller holds each one: a caller slow to
+        ask for the next result is not a server that stopped answering."""
+        for result in results:
+            with self._lock:
+                self._paused = True
+            try:
+                yield result
+            finally:
+                with self._lock:
+                    self._paused = False
+                    self._since = time.monotonic()
+
+    def start(self, call: grpc.Future) -> None:
+        if self._limit is not None:
+            threading.Thread(target=self._watch, args=(call,), name="stream-idle-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def error(self) -> DeadlineExceeded | None:
+        if not self._expired:
+            return None
+        return DeadlineExceeded(f"no result for {self._limit:g} s with images in flight (the client's "
+                                "stream_idle_timeout; the CLI's --timeout): the server stopped answering")
+
+    def _watch(self, call: grpc.Future) -> None:
+        while not self._done.wait(min(1.0, self._limit / 4)):
+            with self._lock:
+                stalled = self._in_flight > 0 and not self._paused and time.monotonic() - self._since > self._limit
+            if stalled:
+                self._expired = True
+                call.cancel()
+                return

@@ -39,7 +39,8 @@ class ResourceExhausted(PrelabelError):
 
 
 class ModelUnavailable(PrelabelError):
-    """The model exists but cannot serve now (failed to load, loading, or the server is stopping)."""
+    """The model cannot serve now but may soon: it is being replaced, or the server is stopping
+    (a model that failed to load is FailedPrecondition: retrying would not help)."""
 
     code = grpc.StatusCode.UNAVAILABLE
 

@@ -246,7 +246,8 @@ class ModelRegistry:
             known = sorted(self._models)
         if served is None:
             if not name:
-                raise ModelUnavailable("no model is ready to serve as default: see ListModels for load errors")
+                raise FailedPrecondition("no model is ready to serve as default: the repository holds none that "
+                                         "loaded (ListModels shows their errors); fix one, then ReloadModel")
             setting = " (the default model, PRELABEL_DEFAULT_MODEL)" if name == self._settings.default_model else ""
             raise ModelNotFound(f"no model named {name!r}{setting}; available: {known}")
         return served

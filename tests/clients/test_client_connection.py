@@ -3,10 +3,16 @@ deadlines, and retries on UNAVAILABLE only."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -102,6 +108,17 @@ class TestDeadlinesAndRetries:
                 durations[retries] = time.perf_counter() - started
         assert durations[3] >= 1.0 > durations[0], durations
 
+    def test_a_request_larger_than_grpcs_retry_buffer_is_retried_too(self, camvid_val_images) -> None:
+        """gRPC retries only a request that fits its retry buffer, 256 KiB by default: a CamVid PNG
+        (about 280 KB) failed at once with no retry."""
+        image = max(camvid_val_images[:8], key=lambda path: path.stat().st_size)
+        assert image.stat().st_size > 256 * 1024
+        with PreLabelClient(f"127.0.0.1:{_closed_port()}", retries=3, timeout=30) as client:
+            started = time.perf_counter()
+            with pytest.raises(ModelUnavailable):
+                client.predict(image)
+            assert time.perf_counter() - started >= 1.0  # the back-off of three retries, as above
+
     def test_no_server_is_unavailable(self) -> None:
         with PreLabelClient("127.0.0.1:1", retries=0, timeout=10) as client, pytest.raises(ModelUnavailable):
             client.models()
@@ -112,3 +129,38 @@ def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def test_a_stream_gives_up_on_a_server_that_stopped_answering(model_repository: Path,
+                                                             camvid_val_images: list[Path]) -> None:
+    """The client's timeout did not reach streams: `prelabel predict --timeout 3` waited for as long
+    as the server was stopped (SIGSTOP). With stream_idle_timeout the stream fails with
+    DEADLINE_EXCEEDED once nothing has come back for that long."""
+    server = subprocess.Popen([sys.executable, "-m", "prelabel_client.cli", "serve"], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "PRELABEL_PORT": "0", "PRELABEL_BACKEND": "onnx",
+                                   "PRELABEL_MODEL_REPOSITORY": str(model_repository)})
+    outcome: list[object] = []
+    try:
+        address = next(line for line in server.stdout if "serving on" in line).split()[3]
+
+        def consume() -> None:
+            with PreLabelClient(address, stream_idle_timeout=3, timeout=60) as client:
+                try:
+                    for index, _ in enumerate(client.predict_many(camvid_val_images[:16], window=4, model="deeplab")):
+                        if index == 0:
+                            os.kill(server.pid, signal.SIGSTOP)
+                        outcome.append(index)
+                except DeadlineExceeded as exc:
+                    outcome.append(exc)
+
+        consumer = threading.Thread(target=consume, daemon=True)
+        consumer.start()
+        consumer.join(timeout=120)
+        assert not consumer.is_alive(), "the stream still waits on the stopped server"
+        assert isinstance(outcome[-1], DeadlineExceeded) and "stream_idle_timeout" in outcome[-1].message
+        assert len(outcome) < 16
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.terminate()
+        server.wait(60)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from prelabel_client import PreLabelClient, ResourceExhausted
 from prelabel_client.batch import predict_files
+from prelabel_client.cli import main as prelabel_main
 from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto import prelabel_pb2_grpc as pb_grpc
 from prelabel_server.grpc_api.server import RunningServer
@@ -213,6 +214,20 @@ class TestLimits:
                 predict_files(client, camvid_val_images[:1], tmp_path / "out", patience_s=600)
         assert "server busy" not in capsys.readouterr().err
 
+    def test_the_cli_given_the_servers_limit_reports_the_large_image_alone(self, limited_server, camvid_val_images,
+                                                                          small_camvid_png: bytes, tmp_path: Path,
+                                                                          capsys) -> None:
+        """The error told users to give the client the server's limit, which the CLI had no way to
+        take: one large image failed the whole job."""
+        small = tmp_path / "small.png"
+        small.write_bytes(small_camvid_png)
+        code = prelabel_main(["predict", str(small), str(camvid_val_images[0]), str(small), "--out",
+                              str(tmp_path / "out"), "--server", limited_server.address, "--max-message-bytes",
+                              "200000"])
+        report = capsys.readouterr().out
+        assert code == 1 and "2 images pre-annotated" in report
+        assert f"FAILED {camvid_val_images[0]}: RESOURCE_EXHAUSTED" in report and "send a smaller image" in report
+
 
 def test_a_long_stream_item_id_fails_only_its_own_item(onnx_server: RunningServer, start_extra_server,
                                                        small_camvid_rgb: np.ndarray) -> None:
@@ -257,3 +272,18 @@ def test_score_ignores_the_output_and_format_fields_as_documented(stub, small_ca
     with pytest.raises(grpc.RpcError) as refused:  # Predict still checks them
         stub.Predict(odd, timeout=120)
     assert refused.value.code() == INVALID
+
+
+def test_an_error_raised_by_the_callers_own_images_comes_through_unchanged(onnx_client: PreLabelClient,
+                                                                          small_camvid_png: bytes) -> None:
+    """gRPC replaced it with UNKNOWN "Exception iterating requests!" and the results before it were lost."""
+    def images() -> Iterator[bytes]:
+        yield small_camvid_png
+        yield small_camvid_png
+        raise LookupError("the caller's own bug")
+
+    results = []
+    with pytest.raises(LookupError, match="the caller's own bug"):
+        for result in onnx_client.predict_many(images()):
+            results.append(result)
+    assert [r.ok for r in results] == [True, True]
