@@ -8,6 +8,7 @@ which extra to install when it is missing.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -46,7 +47,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--run-dir", type=Path, help="checkpoint and metrics log folder (default: runs/<name> beside --out)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --run-dir")
     parser.add_argument("--init", type=Path, help="model package to fine-tune instead of starting from scratch")
-    parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
+    parser.add_argument("--epochs", type=_positive_count, help="override the recipe's epoch count (1 or more)")
     parser.set_defaults(handler=_train)
 
 
@@ -282,15 +283,31 @@ def _count(text: str) -> int:
     return value
 
 
+def _positive_count(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """The errors that mean "fix your input", from the modules this install has: a client-only
+    install lacks pydantic, which the package and config modules need."""
+    found: list[type[Exception]] = [OSError]
+    for module, name in (("prelabel_models.evaluation.cli", "UsageError"), ("prelabel_models.image_files", "DatasetError"),
+                         ("prelabel_models.package", "ModelPackageError"), ("prelabel_models.training.config", "ConfigError")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            continue
+    return tuple(found)
+
+
 def _usage_error(exc: Exception) -> str | None:
     """What to tell the user, in one line, when the command's input or settings cannot be used (a
     package without a card, a folder that does not exist, a setting out of range, a busy port);
     None for anything else, which keeps its traceback."""
-    from prelabel_models.evaluation.cli import UsageError
-    from prelabel_models.image_files import DatasetError
-    from prelabel_models.package import ModelPackageError
-
-    if isinstance(exc, (ModelPackageError, OSError, UsageError, DatasetError)):
+    if isinstance(exc, _usage_error_types()):
         return str(exc)
     if type(exc).__name__ != "ValidationError" or not hasattr(exc, "errors"):
         return None

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CARD_FILE = "card.json"
 
@@ -40,6 +40,13 @@ class Normalization(BaseModel):
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, std: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(0 < value < float("inf") for value in std):
+            raise ValueError(f"std values must be positive and finite (pixels are divided by them), got {list(std)}")
+        return std
+
 
 class ModelCard(BaseModel):
     """Declares a model package. Stored as ``card.json`` beside the weights."""
@@ -51,14 +58,14 @@ class ModelCard(BaseModel):
     description: str = ""
     architecture: str = Field(description="segmentation-models-pytorch architecture, e.g. 'DeepLabV3Plus', 'Unet'.")
     encoder: str = Field(description="segmentation-models-pytorch encoder name, e.g. 'resnet18'.")
-    in_channels: int = Field(default=3, ge=1, le=4)
+    in_channels: int = Field(default=3, ge=3, le=3, description="3: every input is read, and served, as RGB.")
     classes: list[ClassInfo] = Field(min_length=2)
     ignore_index: int | None = Field(default=None, description="Label value that is never a target nor scored.")
     normalization: Normalization = Normalization()
     output_stride: int = Field(default=32, ge=1, description="Input sides are padded to a multiple of this.")
     tile_size: int = Field(default=512, ge=64, description="Images larger than this (either side) are tiled.")
     tile_overlap: int = Field(default=64, ge=0, description="Overlap between neighbouring tiles, in pixels.")
-    temperature: float = Field(default=1.0, gt=0, description="Logits are divided by this before softmax.")
+    temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="Logits are divided by this before softmax.")
     max_batch_size: int = Field(default=4, ge=1, description="Most requests the server batches into one forward pass.")
     max_queue_delay_ms: float = Field(default=0.0, ge=0, description=(
         "Longest a request waits for others to batch with. 0: none, yet requests that queue while a "
@@ -99,3 +106,9 @@ class ModelCard(BaseModel):
         path = Path(folder) / CARD_FILE
         path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
         return path
+
+
+def one_line(error: ValidationError) -> str:
+    """pydantic's errors as one line, ``field: problem; ...``, for commands that say what to fix in one line."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in error.errors())

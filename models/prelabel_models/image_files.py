@@ -47,6 +47,15 @@ def read_label(path: Path) -> np.ndarray:
     return label
 
 
+def read_labelled(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An image (RGB) and its label, which must be the same size: a mismatch is the data's error."""
+    image, label = read_rgb(image_path), read_label(label_path)
+    if image.shape[:2] != label.shape:
+        raise DatasetError(f"{image_path.name} is {image.shape[1]}x{image.shape[0]} but its label "
+                           f"{label_path.name} is {label.shape[1]}x{label.shape[0]}")
+    return image, label
+
+
 @dataclass(frozen=True)
 class SplitFolders:
     images: Path

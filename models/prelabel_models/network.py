@@ -26,6 +26,7 @@ class SegmentationNetwork(nn.Module):
 
     def __init__(self, card: ModelCard) -> None:
         super().__init__()
+        _check_known(card)
         self.smp_model = smp.create_model(
             card.architecture,
             encoder_name=card.encoder,
@@ -98,6 +99,18 @@ class MaskedHeadGraph(nn.Module):
         return self.network.masked_head(features, dropout_mask)
 
 
+def _check_known(card: ModelCard) -> None:
+    """smp raises a bare KeyError for a name it lacks; the card is what the user must fix."""
+    architectures = {name.lower(): name for name in smp.MODEL_ARCHITECTURES_MAPPING} \
+        if hasattr(smp, "MODEL_ARCHITECTURES_MAPPING") else None
+    if architectures is not None and card.architecture.lower() not in architectures:
+        raise ModelPackageError(f"card architecture {card.architecture!r} is not a segmentation-models-pytorch "
+                                f"architecture: choose one of {sorted(architectures.values())}")
+    if card.encoder not in smp.encoders.get_encoder_names():
+        raise ModelPackageError(f"card encoder {card.encoder!r} is not a segmentation-models-pytorch encoder "
+                                "(smp.encoders.get_encoder_names() lists them), e.g. resnet18 or mobilenet_v2")
+
+
 def build_network(card: ModelCard) -> SegmentationNetwork:
     """A randomly initialised network for ``card`` (never downloads encoder weights)."""
     return SegmentationNetwork(card)
@@ -114,8 +127,9 @@ def load_network(card: ModelCard, weights: Path) -> SegmentationNetwork:
     try:
         network.load_state_dict(state)
     except RuntimeError as exc:
+        details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
         raise ModelPackageError(f"{weights} does not hold the weights of the card's {card.architecture}/"
-                                f"{card.encoder} network: {str(exc).splitlines()[0]}") from None
+                                f"{card.encoder} network: {details[0][:300] if details else exc}") from None
     return network.eval()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from prelabel_models.card import CARD_FILE, ModelCard
+from prelabel_models.card import CARD_FILE, ModelCard, one_line
 
 
 class ModelPackageError(Exception):
@@ -28,8 +28,7 @@ class ModelPackage:
         try:
             card = ModelCard.load(folder)
         except ValidationError as exc:  # also JSON that does not parse
-            problems = "; ".join(f"{'.'.join(map(str, error['loc'])) or 'card'}: {error['msg']}" for error in exc.errors())
-            raise ModelPackageError(f"{folder / CARD_FILE} is invalid: {problems}") from exc
+            raise ModelPackageError(f"{folder / CARD_FILE} is invalid: {one_line(exc)}") from exc
         # Not a ValidationError, yet just as much the package's fault: callers (the registry, the
         # repository watcher) only expect ModelPackageError, and anything else escaped them.
         except UnicodeDecodeError as exc:

@@ -32,6 +32,8 @@ def _prelabel(*args: str, **env: str) -> subprocess.CompletedProcess:
     (("serve",), {"PRELABEL_TLS_CERTIFICATE": "cert.pem"}, "TLS needs both PRELABEL_TLS_CERTIFICATE and"),
     (("serve",), {"PRELABEL_INFERENCE_THREADS": "100000"}, "PRELABEL_INFERENCE_THREADS: Input should be less than"),
     (("models", "--timeout", "inf"), {}, "--timeout: must be more than 0 and less than 1e9 seconds"),
+    (("train", "--config", "c.toml", "--data", "d", "--out", "o", "--epochs", "0"), {}, "--epochs: must be 1 or more"),
+    (("evaluate", "models/camvid", "--data", "d", "--threads", "-1"), {}, "--threads: must be 1 or more"),
 ])
 def test_unusable_settings_and_inputs_get_one_line(args, env, says, tmp_path: Path):
     run = _prelabel(*args, **env)
@@ -77,3 +79,23 @@ def test_export_of_damaged_weights_or_without_check_images_says_so_and_writes_no
     (damaged / "card.json").write_text('{"name": "x"}')
     run = _prelabel("export", str(damaged))
     assert run.returncode == 2 and "card.json is invalid: " in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    (lambda text: text + "\n[recipe\n", "is not valid TOML"),
+    (lambda text: text + "\n[recipe]\ncrop = [100, 100]\n", "recipe.crop [100, 100] must be positive multiples"),
+    (lambda text: text + "\n[recipe]\nbatch_size = 1\n", "recipe.batch_size: Input should be greater than or equal to 2"),
+    (lambda text: text.replace('encoder = "resnet18"', 'encoder = "resnet1800"'), "is not a segmentation-models-pytorch encoder"),
+    (lambda text: text.replace("std = [", "std = [0.0, ") .replace("mean = [", "mean = [0.5, "), "std values must be positive"),
+])
+def test_unusable_training_configs_get_one_line(edit, says: str, repo_root: Path, tmp_path: Path, capsys) -> None:
+    """A TOML error or an unknown encoder gave a traceback; a crop the network cannot take, a batch
+    of one or a zero std failed inside the first step; other config errors printed pydantic's
+    several lines."""
+    card_part = (repo_root / "models" / "configs" / "camvid.toml").read_text().split("[recipe]")[0]
+    config = tmp_path / "config.toml"
+    config.write_text(edit(card_part))
+    code = main(["train", "--config", str(config), "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 2 and says in error and len(error.strip().splitlines()) == 1, error

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -120,3 +121,57 @@ def test_an_out_that_is_a_file_is_refused_before_training(first_run: TinyRun, tm
     assert main(run.args()) == 2
     assert "is a file" in capsys.readouterr().err
     assert not (run.run_dir / METRICS_LOG).exists(), "it trained before finding out"
+
+
+def test_the_run_log_is_json_and_the_package_records_every_epoch_run(first_run: TinyRun) -> None:
+    """The log may hold NaN (an epoch without validation) and wrote it bare, which is not JSON; the
+    package's provenance said the best epoch had been the last one run."""
+    for line in (first_run.run_dir / METRICS_LOG).read_text().splitlines():
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in the run log"))
+    provenance = ModelPackage.open(first_run.out).card.provenance
+    assert provenance["epochs_run"] == 2 and provenance["best_epoch"] in (1, 2)
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_do(first_run: TinyRun, tmp_path: Path, capsys) -> None:
+    """It printed "model package written to OUT" and exited 0, though nothing ran or was written."""
+    run = TinyRun(first_run.config, first_run.data, tmp_path / "elsewhere", tmp_path / "run")
+    shutil.copytree(first_run.run_dir, run.run_dir)
+    assert main(run.args("--resume")) == 2
+    assert "has already run its 2 epochs" in capsys.readouterr().err and not run.out.exists()
+
+
+def _one_label_changed(tiny_camvid: Path, tmp_path: Path, value: int) -> Path:
+    """A copy of the tiny dataset whose first train label holds ``value`` in one corner."""
+    root = shutil.copytree(tiny_camvid, tmp_path / "data", symlinks=False)
+    label_path = sorted((root / "trainannot").iterdir())[0]
+    label = cv2.imread(str(label_path), cv2.IMREAD_GRAYSCALE)
+    label[:8, :8] = value
+    cv2.imwrite(str(label_path), label)
+    return root
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ("label-not-a-class", "are not classes 0..10"),
+    ("all-ignored", "every train label pixel is the ignore index"),
+    ("one-image", "the train split has 1 image(s)"),
+])
+def test_unusable_training_data_is_refused_before_the_first_step(first_run: TinyRun, tiny_camvid: Path,
+                                                                  tmp_path: Path, capsys, change: str,
+                                                                  says: str) -> None:
+    """An IndexError in the loss, a NaN loss with exit status 0 and a package written anyway, and a
+    batch-norm error from a batch of one, each after minutes of a real run."""
+    data = _one_label_changed(tiny_camvid, tmp_path, 40)
+    if change == "all-ignored":
+        data = shutil.copytree(tiny_camvid, tmp_path / "ignored", symlinks=False)
+        for label_path in (data / "trainannot").iterdir():
+            cv2.imwrite(str(label_path), np.full((360, 480), 11, np.uint8))
+    elif change == "one-image":
+        data = shutil.copytree(tiny_camvid, tmp_path / "single", symlinks=False)
+        for folder in ("train", "trainannot"):
+            for extra in sorted((data / folder).iterdir())[1:]:
+                extra.unlink()
+    run = TinyRun(first_run.config, data, tmp_path / "package", tmp_path / "run")
+    assert main(run.args()) == 2
+    error = capsys.readouterr().err
+    assert says in error and "Traceback" not in error and len(error.strip().splitlines()) == 1
+    assert not run.out.exists() and not (run.run_dir / METRICS_LOG).exists()

@@ -42,8 +42,8 @@ def sample_pixels(logits: np.ndarray, label: np.ndarray, ignore_index: int | Non
     """Up to ``count`` labelled pixels of one image, drawn without replacement."""
     flat_labels = label.ravel()
     valid = np.flatnonzero(flat_labels != ignore_index) if ignore_index is not None else np.arange(flat_labels.size)
+    check_label_values(flat_labels[valid], logits.shape[0], ignore_index)  # every pixel, not only those sampled
     chosen = np.sort(rng.choice(valid, size=min(count, valid.size), replace=False))
-    check_label_values(flat_labels[chosen], logits.shape[0], ignore_index)
     flat_logits = logits.reshape(logits.shape[0], -1)
     return LogitSample(np.ascontiguousarray(flat_logits[:, chosen].T), flat_labels[chosen].astype(np.int64))
 

@@ -30,7 +30,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset root, e.g. ../shared/data/camvid")
     parser.add_argument("--split", default="val", help="split folder under --data (default: %(default)s)")
     parser.add_argument("--backend", default="torch", help=_BACKEND_HELP)
-    parser.add_argument("--threads", type=int, help="CPU threads for the backend (default: the backend's own)")
+    parser.add_argument("--threads", type=_positive, help="CPU threads for the backend (default: the backend's own)")
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -69,6 +69,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     unknown = sorted(set(measures) - set(UNCERTAINTY_MEASURES))
     if unknown:
         raise UsageError(f"unknown uncertainty measures {unknown}; choose from {sorted(UNCERTAINTY_MEASURES)}")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():  # found now, not after the split
+        raise UsageError(f"--out {args.out} is a file: metrics.json and the plots are written into a folder")
     evaluation = evaluate(args.package, args.data, args.split, args.backend, measures, args.threads)
     out = args.out or Path("runs") / "evaluate" / f"{evaluation.model}-{args.split}-{evaluation.backend}"
     written = [write_json(evaluation, out), *write_plots(evaluation, out)]
@@ -100,7 +102,10 @@ def _check_backend(name: str) -> None:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value

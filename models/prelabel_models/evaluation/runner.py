@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from prelabel_models.backends import create_backend
-from prelabel_models.image_files import DatasetError, read_label, read_rgb
+from prelabel_models.image_files import read_labelled
 from prelabel_models.package import ModelPackage
 from prelabel_models.predictor import Predictor
 from prelabel_models.image_files import paired_files, split_folders
@@ -32,8 +32,5 @@ def labelled_logits(predictor: Predictor, pairs: list[tuple[Path, Path]],
                     description: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(logits before temperature (C, H, W), label (H, W)) for each pair, one image in memory at a time."""
     for image_path, label_path in tqdm(pairs, desc=description, unit="image", mininterval=2):
-        image, label = read_rgb(image_path), read_label(label_path)
-        if image.shape[:2] != label.shape:
-            raise DatasetError(f"{image_path.name} is {image.shape[1]}x{image.shape[0]} but its label "
-                             f"{label_path.name} is {label.shape[1]}x{label.shape[0]}")
+        image, label = read_labelled(image_path, label_path)
         yield predictor.logits(image), label

@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from prelabel_models.card import ModelCard
-from prelabel_models.image_files import SplitFolders, paired_files, read_label, read_rgb, split_folders
+from prelabel_models.evaluation.metrics import check_label_values
+from prelabel_models.image_files import DatasetError, SplitFolders, paired_files, read_labelled, split_folders
 from prelabel_models.preprocessing import normalize
 
 
@@ -32,8 +33,16 @@ class SegmentationFolder(Dataset):
 
     def __init__(self, pairs: list[tuple[Path, Path]], card: ModelCard, transform: A.Compose | None = None) -> None:
         self.names = [image.name for image, _ in pairs]
-        self.images = [read_rgb(image) for image, _ in pairs]
-        self.labels = [read_label(label) for _, label in pairs]
+        self.images, self.labels = [], []
+        for image_path, label_path in pairs:  # found here, not as an IndexError deep in an epoch
+            image, label = read_labelled(image_path, label_path)
+            trainable = label[label != card.ignore_index] if card.ignore_index is not None else label
+            try:
+                check_label_values(trainable, card.num_classes, card.ignore_index)
+            except DatasetError as exc:
+                raise DatasetError(f"{label_path}: {exc}") from None
+            self.images.append(image)
+            self.labels.append(label)
         self.card = card
         self.transform = transform
 

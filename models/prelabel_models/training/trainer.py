@@ -11,6 +11,7 @@ import random
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,13 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from torchmetrics.classification import MulticlassJaccardIndex
 from tqdm import tqdm
 
-from prelabel_models.card import ModelCard
+from prelabel_models.card import CARD_FILE, ModelCard
+from prelabel_models.evaluation.metrics import confusion_matrix, segmentation_scores
 from prelabel_models.network import SegmentationNetwork, build_network, load_network, save_weights
-from prelabel_models.package import ModelPackage
+from prelabel_models.image_files import DatasetError
+from prelabel_models.package import ModelPackage, ModelPackageError
 from prelabel_models.runtime import keep_freed_memory
 from prelabel_models.tiling import pad_to_multiple
 from prelabel_models.training.config import Recipe, TrainConfig
@@ -88,25 +90,33 @@ class SegmentationLoss(nn.Module):
 
 @torch.inference_mode()
 def validate(network: nn.Module, dataset: SegmentationFolder, card: ModelCard, device: torch.device, batch_size: int) -> dict:
-    """Full-resolution validation (padded like the server pads), mIoU and pixel accuracy."""
+    """Full-resolution validation (padded like the server pads), scored as ``prelabel evaluate``
+    scores: a class absent from both labels and predictions is left out of the mean (it counted as
+    0 here, so training picked its best epoch by another number than the one evaluation reports)."""
     network.eval()
-    ignore = card.ignore_index if card.ignore_index is not None else -1
-    jaccard = MulticlassJaccardIndex(card.num_classes, average="none", ignore_index=ignore)
-    correct = total = 0
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+    confusion = np.zeros((card.num_classes, card.num_classes), np.int64)
+    for items in _same_size_batches(dataset, batch_size):
         images = torch.stack([img for img, _ in items])
         labels = torch.stack([lab for _, lab in items])
         height, width = images.shape[-2:]
         padded = torch.from_numpy(pad_to_multiple(images.permute(2, 3, 0, 1).numpy(), card.output_stride))
         logits = network(padded.permute(2, 3, 0, 1).contiguous().to(device))[..., :height, :width].cpu()
-        predicted = logits.argmax(1)
-        jaccard.update(predicted, labels)
-        valid = labels != ignore
-        correct += int((predicted[valid] == labels[valid]).sum())
-        total += int(valid.sum())
-    per_class = jaccard.compute().tolist()
-    return {"miou": float(np.mean(per_class)), "pixel_accuracy": correct / max(total, 1), "iou": per_class}
+        confusion += confusion_matrix(labels.numpy(), logits.argmax(1).numpy(), card.num_classes, card.ignore_index)
+    scores = segmentation_scores(confusion)
+    return {"miou": scores.mean_iou, "pixel_accuracy": scores.pixel_accuracy, "iou": list(scores.iou)}
+
+
+def _same_size_batches(dataset: SegmentationFolder, batch_size: int) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Consecutive items of one size, up to ``batch_size``: a val split may mix image sizes."""
+    batch: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        if batch and (len(batch) == batch_size or item[0].shape != batch[0][0].shape):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
 
 
 def _seed_everything(seed: int) -> None:
@@ -126,7 +136,8 @@ def _initial_network(run: TrainingRun) -> SegmentationNetwork:
         return build_network(run.config.card)
     base = ModelPackage.open(run.init)
     if base.card.num_classes != run.config.card.num_classes:
-        raise ValueError(f"--init {run.init} has {base.card.num_classes} classes, config has {run.config.card.num_classes}")
+        raise ModelPackageError(f"--init {run.init} has {base.card.num_classes} classes, the config's card "
+                                f"{run.config.card.num_classes}: start from a package with the same classes")
     return load_network(run.config.card, base.weights_path)
 
 
@@ -156,17 +167,20 @@ def train(run: TrainingRun) -> dict:
         raise NotADirectoryError(f"--out {run.out} is a file: the model package is written into a folder")
     _seed_everything(recipe.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ignore = card.ignore_index if card.ignore_index is not None else -100
+    # Crops pad their labels with the ignore index; a card without one gets a value that is no class
+    # (uint8 labels turned the -100 used before into class 0, so padding was trained as class 0).
+    ignore = card.ignore_index if card.ignore_index is not None else PAD_LABEL
+    network = _initial_network(run).to(device)  # before the data: a card smp cannot build fails at once
 
     train_pairs = paired_files(split_folders(run.data_root, "train"))
     val_pairs = paired_files(split_folders(run.data_root, "val"))[: recipe.max_val_images]
     augment = training_augmentation(recipe.crop, recipe.scale_range, recipe.color_jitter, ignore)
     train_set = SegmentationFolder(train_pairs, card, augment)
     val_set = SegmentationFolder(val_pairs, card)
+    _check_trainable(train_set, ignore)
     loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, drop_last=len(train_set) > recipe.batch_size)
     steps_per_epoch = min(len(loader), recipe.max_steps_per_epoch or len(loader))
 
-    network = _initial_network(run).to(device)
     weights = class_weights(class_frequencies(train_set.labels, card.num_classes), recipe.class_weighting)
     criterion = SegmentationLoss(weights.to(device), ignore, recipe.dice_weight)
     optimizer = torch.optim.AdamW(network.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -183,6 +197,9 @@ def train(run: TrainingRun) -> dict:
                                 "--resume to start afresh")
     if run.resume:
         state = _load_checkpoint(checkpoint_path, network, optimizer, scheduler, device)
+        if state["epoch"] >= recipe.epochs:
+            raise DatasetError(f"nothing to resume: the run in {run.run_dir} has already run its {state['epoch']} "
+                               f"epochs; raise --epochs to train on")
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}", file=sys.stderr)
 
     command = "prelabel " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("prelabel") else shlex.join(sys.argv)
@@ -222,10 +239,43 @@ def train(run: TrainingRun) -> dict:
         # Checkpoint before the log line: a crash in between loses a line, never duplicates one.
         _save_checkpoint(checkpoint_path, network, optimizer, scheduler, state)
         with open(run.run_dir / METRICS_LOG, "a") as log:
-            log.write(json.dumps(record) + "\n")
+            log.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
         print(f"epoch {epoch}: loss {record['train_loss']:.4f}  val mIoU {metrics['miou']:.4f}  "
               f"pixel acc {metrics['pixel_accuracy']:.4f}  ({state['seconds'] / 60:.1f} min)", file=sys.stderr, flush=True)
+    _record_epochs_run(run.out, state["epoch"])
     return state["best"]
+
+
+PAD_LABEL = 255  # the ignore value of crops' padding when the card has no ignore index
+
+
+def _check_trainable(train_set: SegmentationFolder, ignore: int) -> None:
+    """Refuses a train split that cannot train: one image (a batch of one breaks batch norm in
+    DeepLabV3+'s image pooling), or labels with no pixel of any class (the loss was NaN)."""
+    if len(train_set) < 2:
+        raise DatasetError(f"the train split has {len(train_set)} image(s): training needs at least 2")
+    if not any(np.any(label != ignore) for label in train_set.labels):
+        raise DatasetError(f"every train label pixel is the ignore index {ignore}: there is nothing to learn from")
+
+
+def _json_safe(value: object) -> object:
+    """NaN and infinities as null: bare NaN is not JSON (an unvalidated epoch's scores are NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def _record_epochs_run(out: Path, epochs: int) -> None:
+    """The package was written at its best epoch; its provenance learns how many epochs ran in all."""
+    if not (out / CARD_FILE).is_file():
+        return
+    card = ModelCard.load(out)
+    if card.provenance.get("epochs_run", epochs) != epochs:
+        card.model_copy(update={"provenance": {**card.provenance, "epochs_run": epochs}}).save(out)
 
 
 def _save_checkpoint(path: Path, network: nn.Module, optimizer: torch.optim.Optimizer,
@@ -244,7 +294,11 @@ def _load_checkpoint(path: Path, network: nn.Module, optimizer: torch.optim.Opti
         checkpoint = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # torch reports a damaged file as pickling or value errors
         raise OSError(f"cannot resume from {path}: it is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    network.load_state_dict(checkpoint["network"])
+    try:
+        network.load_state_dict(checkpoint["network"])
+    except RuntimeError:
+        raise OSError(f"cannot resume from {path}: it holds another network than the config's card describes "
+                      "(architecture, encoder or classes changed?); resume with the config the run started with") from None
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     torch.set_rng_state(checkpoint["torch_rng"])
