@@ -35,6 +35,10 @@ def _train(args: argparse.Namespace) -> int:
     run = TrainingRun(config=config, data_root=args.data, out=args.out, run_dir=args.run_dir or args.out.parent / "runs" / args.out.name,
                       init=args.init, resume=args.resume)
     best = train(run)
+    if not (args.out / "card.json").is_file():  # resumed into a new --out, and no epoch beat the best
+        print(f"no model package in {args.out}: no epoch of this part of the run beat epoch {best['epoch']} "
+              f"(val mIoU {best['val_miou']:.4f}), whose package is in the --out the run had then", file=sys.stderr)
+        return 1
     print(f"best epoch {best['epoch']}: val mIoU {best['val_miou']:.4f}; model package written to {args.out}")
     return 0
 

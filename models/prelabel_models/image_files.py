@@ -19,7 +19,9 @@ class DatasetError(ValueError):
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files directly inside ``folder``: regular files (or links to them) with an image
+    suffix; a folder or a pipe named like an image is not one (a FIFO blocked its reader)."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:

@@ -35,6 +35,10 @@ class SegmentationNetwork(nn.Module):
             classes=card.num_classes,
         )
         self.head_dropout = nn.Dropout(card.head_dropout) if card.head_dropout > 0 else nn.Identity()
+        needed = getattr(self.smp_model.encoder, "output_stride", 1)
+        if card.output_stride % needed:  # smaller padding fails inside the network on most image sizes
+            raise ModelPackageError(f"card output_stride {card.output_stride} must be a multiple of {needed}, the "
+                                    f"stride of the {card.architecture}/{card.encoder} network")
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Decoder output before the head: computed once per image."""

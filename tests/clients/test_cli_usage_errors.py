@@ -88,6 +88,7 @@ def test_export_of_damaged_weights_or_without_check_images_says_so_and_writes_no
     (lambda text: text + "\n[recipe]\nbatch_size = 1\n", "recipe.batch_size: Input should be greater than or equal to 2"),
     (lambda text: text.replace('encoder = "resnet18"', 'encoder = "resnet1800"'), "is not a segmentation-models-pytorch encoder"),
     (lambda text: text.replace("std = [", "std = [0.0, ") .replace("mean = [", "mean = [0.5, "), "std values must be positive"),
+    (lambda text: text.replace("output_stride = 16", "output_stride = 8"), "output_stride 8 must be a multiple of 16"),
 ])
 def test_unusable_training_configs_get_one_line(edit, says: str, repo_root: Path, tmp_path: Path, capsys) -> None:
     """A TOML error or an unknown encoder gave a traceback; a crop the network cannot take, a batch

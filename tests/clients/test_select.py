@@ -4,6 +4,7 @@ ranked list and the HTML report; a file that cannot be scored is listed, never s
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -113,3 +114,13 @@ def test_a_server_gone_mid_run_keeps_what_was_scored_and_lists_the_rest(start_ex
     page = report.read_text()
     assert page.count('alt="image"') == len(selection.selected) >= 1
     assert "UNAVAILABLE" in page and page.count("<li>") == len(selection.failed)
+
+
+def test_only_image_files_are_pool_images(tmp_path: Path, camvid_val_images: list[Path]) -> None:
+    """A pipe named like an image was taken for one, and reading it blocked `select` for ever."""
+    from prelabel_models.image_files import list_images
+
+    (tmp_path / "a.png").symlink_to(camvid_val_images[0])
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "folder.png").mkdir()
+    assert list_images(tmp_path) == [tmp_path / "a.png"]
