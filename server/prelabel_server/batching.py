@@ -131,9 +131,7 @@ class DynamicBatcher:
             if batch is None:
                 return
             try:
-                live = [p for p in batch if not self._drop_if_gone(p)]
-                if live:
-                    self._infer(live)
+                self._infer(batch)
             except Exception as exc:  # if this thread died, every later request to the model would wait forever
                 log.exception("batch of %d on model %s failed outside the network", len(batch), self.name)
                 for pending in batch:
@@ -180,15 +178,22 @@ class DynamicBatcher:
         return False
 
     def _infer(self, batch: list[_Pending]) -> None:
-        started = time.perf_counter()
-        try:
-            with self._model_lock:
-                outputs = forward(self._predictor, np.stack([p.model_input for p in batch]), [p.request for p in batch])
-        except Exception as exc:  # a failed batch fails only its own requests
-            log.exception("batch of %d on model %s failed", len(batch), self.name)
-            for pending in batch:
-                pending.future.set_exception(exc)
-            return
-        metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
-        for pending, output in zip(batch, outputs):
+        """Runs the batch's requests whose callers are still there, once the model is free. They are
+        checked after the wait for the model, not before it: a tiled image may hold the model for
+        seconds, and requests whose callers left meanwhile ran anyway, counted as served. Their
+        queue time runs to the forward pass, that wait included."""
+        with self._model_lock:
+            started = time.perf_counter()
+            live = [p for p in batch if not self._drop_if_gone(p)]
+            if not live:
+                return
+            try:
+                outputs = forward(self._predictor, np.stack([p.model_input for p in live]), [p.request for p in live])
+            except Exception as exc:  # a failed batch fails only its own requests
+                log.exception("batch of %d on model %s failed", len(live), self.name)
+                for pending in live:
+                    pending.future.set_exception(exc)
+                return
+        metrics.BATCH_SIZE.labels(self.name).observe(len(live))
+        for pending, output in zip(live, outputs):
             pending.future.set_result(replace(output, queue_ms=(started - pending.enqueued) * 1000.0))

@@ -326,3 +326,57 @@ def test_a_tiled_request_whose_caller_left_stops_between_forward_passes(model_re
     finally:
         backend.release.set()
         running.stop(grace=0)
+
+
+def test_a_request_whose_caller_left_while_the_model_was_held_is_dropped(batch_repository, val_images):
+    """The batcher checked callers when it formed a batch, then waited for the model (held here as
+    a tiled image holds it) and ran the batch anyway: a request whose deadline had passed was
+    served and counted as ok. Its queue time also left out that wait."""
+    package = ModelPackage.open(batch_repository / MODEL)
+    batcher = DynamicBatcher("held", Predictor(package.card, create_backend("onnx", package)),
+                             max_batch_size=2, max_queue_delay_ms=0, max_queue_size=8)
+    caller_left = threading.Event()
+    frame = read_rgb(val_images[0])
+    before = _dropped("held")
+    try:
+        with batcher.exclusive():  # the model is busy with a tiled image
+            leaving = batcher.submit(frame, caller_left.is_set)
+            staying = batcher.submit(frame)
+            threading.Event().wait(0.5)  # the worker has taken them into a batch and waits for the model
+            caller_left.set()
+        with pytest.raises(PrelabelError, match="caller went away"):
+            leaving.result(timeout=120)
+        served = staying.result(timeout=120)
+    finally:
+        batcher.stop()
+    assert _dropped("held") == before + 1
+    assert served.batch_size == 1 and served.queue_ms >= 500
+
+
+def test_stream_items_cancelled_at_shutdown_end_the_stream_without_an_error() -> None:
+    """On shutdown the stream executor cancels the items still waiting; the stream then raised
+    CancelledError, which the server logged as an unexpected error."""
+    from prelabel_server.grpc_api.streaming import process_stream
+
+    release = threading.Event()
+    executor = ThreadPoolExecutor(1)
+
+    def handle(item: int) -> int:
+        release.wait(30)
+        return item
+
+    answers: list[object] = []
+
+    def consume() -> None:
+        try:
+            answers.extend(process_stream(iter(range(4)), handle, executor, max_in_flight=4))
+        except BaseException as exc:  # what the servicer would have raised into gRPC
+            answers.append(exc)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    threading.Event().wait(0.5)  # all four submitted; the first runs, three wait
+    executor.shutdown(wait=False, cancel_futures=True)
+    release.set()
+    consumer.join(30)
+    assert answers == [0]

@@ -57,6 +57,8 @@ def process_stream(requests: Iterator[RequestT], handle: Callable[[RequestT], Re
                 continue
             slots.release()
             yielded += 1
+            if item.cancelled():  # the server is stopping (its stream executor cancels what waits): no answer
+                continue
             yield item.result()
     finally:
         stop.set()
