@@ -90,7 +90,7 @@ class Engine:
             validate()
             result = self._on_current_model(run, request)
         except PrelabelError as exc:
-            metrics.REQUESTS.labels(label, exc.code.name.lower()).inc()
+            self.count_refused(request.model, exc)
             raise
         except Exception:
             metrics.REQUESTS.labels(label, "internal").inc()
@@ -98,6 +98,11 @@ class Engine:
         metrics.REQUESTS.labels(label, "ok").inc()
         metrics.REQUEST_SECONDS.labels(label).observe(time.perf_counter() - started)
         return result
+
+    def count_refused(self, model: str, error: PrelabelError) -> None:
+        """Counts a request refused with ``error`` in the request metric, by its model and status;
+        the servicer calls it for requests it cannot even convert (an unknown enum value)."""
+        metrics.REQUESTS.labels(self.registry.metric_label(model), error.code.name.lower()).inc()
 
     def _on_current_model(self, run: Callable[[ServedModel], ResultT], request: SegmentRequest) -> ResultT:
         for _ in range(_RETIRED_RETRIES):

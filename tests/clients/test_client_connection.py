@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from prelabel_client import InvalidInput, ModelUnavailable, PreLabelClient
 from prelabel_proto import SERVICE_NAME
+from prelabel_proto import prelabel_pb2_grpc as pb_grpc
 from prelabel_proto.errors import DeadlineExceeded, FailedPrecondition, Unauthenticated
 from prelabel_server.grpc_api.server import RunningServer
 
@@ -70,12 +71,17 @@ def _requests(model: str, outcome: str) -> float:
     return REGISTRY.get_sample_value("prelabel_requests_total", {"model": model, "outcome": outcome}) or 0.0
 
 
-def test_requests_refused_for_their_options_are_counted(onnx_client: PreLabelClient, small_camvid_png: bytes) -> None:
+def test_requests_refused_for_their_options_are_counted(onnx_server: RunningServer, onnx_client: PreLabelClient,
+                                                        small_camvid_png: bytes) -> None:
     """Validation ran before the count: a request refused for its options was not in the metric."""
     before = _requests("deeplab", "invalid_argument")
     with pytest.raises(InvalidInput, match="uncertainty_threshold"):
         onnx_client.predict(small_camvid_png, model="deeplab", uncertainty_threshold=1.5)
-    assert _requests("deeplab", "invalid_argument") == before + 1
+    unknown_enum = onnx_client.request(small_camvid_png, model="deeplab")
+    unknown_enum.mask_format = 99  # refused while the servicer converts it, before the engine
+    with grpc.insecure_channel(onnx_server.address) as channel, pytest.raises(grpc.RpcError):
+        pb_grpc.PrelabelServiceStub(channel).Predict(unknown_enum, timeout=60)
+    assert _requests("deeplab", "invalid_argument") == before + 2
 
 
 class TestDeadlinesAndRetries:
