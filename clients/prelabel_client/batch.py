@@ -91,7 +91,7 @@ def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_
     """The manifest entry of one image: its files once written, or its error (the server's, or a
     file that could not be written)."""
     if isinstance(result, FailedPrediction):
-        return {"image": str(image), "error": f"{result.error.code.name}: {result.error.message}"}
+        return {"image": str(image), "error": result.error.describe()}
     try:
         return {"image": str(image), **write_prediction(result, image, out_dir, palette, name=name)}
     except OutputWriteError as exc:
@@ -127,7 +127,7 @@ def _append(manifest: TextIO, entry: dict[str, str]) -> None:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, PrelabelError):
-        return f"{exc.code.name}: {exc.message}"
+        return exc.describe()
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prelabel_client.client import PreLabelClient
 from prelabel_proto.errors import PrelabelError
-from prelabel_models.evaluation.cli import register as add_evaluation_commands
+from prelabel_models.evaluation.cli import register as add_evaluation_commands, whole_number
 from prelabel_models.extras import needs_extra
 
 MEASURES = ["entropy", "margin", "least_confidence", "mc_entropy", "mutual_information", "mc_variance",
@@ -51,7 +51,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--run-dir", type=Path, help="checkpoint and metrics log folder (default: runs/<name> beside --out)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --run-dir")
     parser.add_argument("--init", type=Path, help="model package to fine-tune instead of starting from scratch")
-    parser.add_argument("--epochs", type=_positive_count, help="override the recipe's epoch count (1 or more)")
+    parser.add_argument("--epochs", type=whole_number(1), help="override the recipe's epoch count (1 or more)")
     parser.set_defaults(handler=_train)
 
 
@@ -196,7 +196,7 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's root certificates")
     parser.add_argument("--root-certificates", type=Path, metavar="PEM",
                         help="speak TLS, trusting these PEM root certificates (e.g. a self-signed server's own)")
-    parser.add_argument("--max-message-bytes", type=_count,
+    parser.add_argument("--max-message-bytes", type=whole_number(0),
                         default=os.environ.get("PRELABEL_MAX_MESSAGE_BYTES", str(64 * 1024 * 1024)),
                         help="largest message, as the server's PRELABEL_MAX_MESSAGE_BYTES (read from there by "
                              "default): an image over it is reported alone instead of failing the whole job")
@@ -237,7 +237,7 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
 
     select = commands.add_parser("select", help="rank a folder of unlabelled images and pick the next K to label")
     select.add_argument("pool", type=Path, help="folder of unlabelled images")
-    select.add_argument("--budget", type=_count, required=True, help="how many images to pick")
+    select.add_argument("--budget", type=whole_number(0), required=True, help="how many images to pick")
     select.add_argument("--strategy", default="diverse", choices=["uncertainty", "diverse", "random"],
                         help="uncertainty: the K highest scores; diverse: uncertain and varied (k-center over "
                              "embeddings); random: the baseline (default diverse)")
@@ -245,7 +245,7 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
                         help="image score from the pixel uncertainty (default top_fraction: mean of the 5%% most uncertain)")
     select.add_argument("--measure", default="entropy", choices=MEASURES, help="pixel uncertainty (default entropy)")
     select.add_argument("--model", default="", help="model name (default: the server's default)")
-    select.add_argument("--seed", type=_count, default=0, help="seed for the random strategy (0 or more)")
+    select.add_argument("--seed", type=whole_number(0), default=0, help="seed for the random strategy (0 or more)")
     select.add_argument("--out", type=Path, required=True, help="selection JSON to write")
     select.add_argument("--report", type=Path, help="HTML report (default: --out with .html)")
     _add_client_options(select)
@@ -275,23 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     add_evaluation_commands(commands)
     return parser
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive_count(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
 
 
 def _usage_error_types() -> tuple[type[Exception], ...]:
@@ -326,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except PrelabelError as exc:  # the server's answer, said plainly: no traceback
-        print(f"prelabel: {exc.code.name}: {exc.message}", file=sys.stderr)
+        print(f"prelabel: {exc.describe()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"prelabel {args.command}: interrupted", file=sys.stderr)

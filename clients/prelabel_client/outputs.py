@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -66,9 +67,7 @@ def output_names(images: list[Path], out_dir: Path) -> list[str]:
     position is appended (``-2``, ``-3``...): an input file is never written over."""
     inputs = {file_id for file_id in map(_file_id, images) if file_id is not None}
     stems = [Path(image).stem for image in images]
-    counts: dict[str, int] = {}
-    for stem in stems:
-        counts[stem.casefold()] = counts.get(stem.casefold(), 0) + 1
+    counts = Counter(stem.casefold() for stem in stems)
     taken: set[str] = {stem.casefold() for stem in stems if counts[stem.casefold()] == 1}
 
     def usable(name: str) -> bool:

@@ -86,11 +86,11 @@ def rank_pool(client: PreLabelClient, images: list[Path], budget: int, strategy:
             images, embeddings=strategy == "diverse", raise_on_error=False, model=model, measure=measure), patience_s)
         for path, result in tqdm(zip(images, results), total=len(images), unit="img", desc="scoring pool"):
             if isinstance(result, FailedPrediction):
-                failed[str(path)] = f"{result.error.code.name}: {result.error.message}"
+                failed[str(path)] = result.error.describe()
             else:
                 scored.append((path, result))
     except PrelabelError as exc:
-        unanswered = f"not scored: {exc.code.name}: {exc.message}"
+        unanswered = f"not scored: {exc.describe()}"
     for path in images[len(scored) + len(failed):]:
         failed[str(path)] = unanswered
     selection = Selection(strategy, score, measure, budget, model=served.name, model_version=served.version,
@@ -187,7 +187,7 @@ def _uncertainty_maps(client: PreLabelClient, selection: Selection) -> Iterator[
             answered += 1
             yield prediction.uncertainty if prediction.ok else str(prediction.error)
     except PrelabelError as exc:
-        error = f"{exc.code.name}: {exc.message}"
+        error = exc.describe()
     for _ in images[answered:]:
         yield error
 

@@ -19,6 +19,10 @@ class PrelabelError(Exception):
         super().__init__(message)
         self.message = message
 
+    def describe(self) -> str:
+        """``CODE: message``, as commands, manifests and reports show an error."""
+        return f"{self.code.name}: {self.message}"
+
 
 class InvalidInput(PrelabelError):
     """The request cannot be used as sent (corrupt image, wrong raw shape, unknown option)."""

@@ -30,7 +30,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset root, e.g. ../shared/data/camvid")
     parser.add_argument("--split", default="val", help="split folder under --data (default: %(default)s)")
     parser.add_argument("--backend", default="torch", help=_BACKEND_HELP)
-    parser.add_argument("--threads", type=_positive, help="CPU threads for the backend (default: the backend's own)")
+    parser.add_argument("--threads", type=whole_number(1), help="CPU threads for the backend (default: the backend's own)")
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -52,7 +52,7 @@ def _add_calibrate(commands: argparse._SubParsersAction) -> None:
         description="Fits one temperature by minimum NLL on a seeded random sample of labelled pixels, "
                     "writes it into PKG/card.json and prints NLL and ECE before and after.")
     _add_common(parser)
-    parser.add_argument("--max-pixels", type=_positive, default=1_000_000,
+    parser.add_argument("--max-pixels", type=whole_number(1), default=1_000_000,
                         help="pixels sampled for the fit, spread evenly over images (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     parser.set_defaults(handler=_server_command(_calibrate))
@@ -101,14 +101,19 @@ def _check_backend(name: str) -> None:
         raise UsageError(str(exc)) from None
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``; anything else is refused with a
+    message that says what is expected (argparse's own names the parsing function)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, {minimum} or more, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    return parse
 
 
 def _server_command(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

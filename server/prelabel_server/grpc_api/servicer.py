@@ -57,8 +57,7 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
         self._stream_slots = stream_slots
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
-        response = converters.predict_response(
-            self._engine.segment(self._converted(converters.segment_request, request), caller_gone(context)))
+        response = self._segment(request, caller_gone(context))
         self._check_size(response)
         return response
 
@@ -92,29 +91,31 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
 
     def _stream_item(self, item: pb.PredictStreamRequest, gone: Callable[[], bool]) -> pb.PredictStreamResponse:
         """One streamed item; its failure becomes its own error response, never the stream's."""
-        outcome = self._item_outcome(
-            lambda: converters.predict_response(
-                self._engine.segment(self._converted(converters.segment_request, item.request), gone)),
-            item.id)
+        outcome = self._item_outcome(lambda: self._segment(item.request, gone), item.id)
         if isinstance(outcome, pb.ItemError):
             return pb.PredictStreamResponse(id=item.id, error=outcome)
         return pb.PredictStreamResponse(id=item.id, response=outcome)
 
     def _score_item(self, item: pb.ScoreRequest, gone: Callable[[], bool]) -> pb.ScoreResponse:
-        outcome = self._item_outcome(
-            lambda: converters.image_scores(self._engine.score(self._converted(converters.score_request, item), gone)),
-            item.id)
+        outcome = self._item_outcome(lambda: self._score(item, gone), item.id)
         if isinstance(outcome, pb.ItemError):
             return pb.ScoreResponse(id=item.id, error=outcome)
         return pb.ScoreResponse(id=item.id, scores=outcome)
 
-    def _converted(self, convert: Callable[[Message], RequestT], message: Message) -> RequestT:
+    def _segment(self, request: pb.PredictRequest, gone: Callable[[], bool]) -> pb.PredictResponse:
+        converted = self._converted(converters.segment_request, request, request.model)
+        return converters.predict_response(self._engine.segment(converted, gone))
+
+    def _score(self, item: pb.ScoreRequest, gone: Callable[[], bool]) -> pb.ImageScores:
+        converted = self._converted(converters.score_request, item, item.request.model)
+        return converters.image_scores(self._engine.score(converted, gone))
+
+    def _converted(self, convert: Callable[[Message], RequestT], message: Message, model: str) -> RequestT:
         """``convert(message)``; a request refused already here is counted like one the engine refuses."""
         try:
             return convert(message)
         except PrelabelError as exc:
-            request = message.request if isinstance(message, pb.ScoreRequest) else message
-            self._engine.count_refused(request.model, exc)
+            self._engine.count_refused(model, exc)
             raise
 
     def _item_outcome(self, run: Callable[[], Message], item_id: str) -> Message | pb.ItemError:
