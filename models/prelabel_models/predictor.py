@@ -9,7 +9,7 @@ from itertools import groupby
 import cv2
 import numpy as np
 
-from prelabel_models.backends import Backend
+from prelabel_models.backends import Backend, stack_inputs
 from prelabel_models.card import ModelCard
 from prelabel_models.epistemic import SampleStatistics, dropout_masks, resize_statistics, sample_statistics
 from prelabel_models.postprocessing import MapRequest, SegmentationMaps
@@ -57,6 +57,10 @@ class Predictor:
         that the batcher's one thread only stacks them between forward passes (see batching)."""
         return normalize(pad_to_multiple(image, self.card.output_stride), self.card.normalization)
 
+    def stack_inputs(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """Model inputs of one shape as one batch, in the memory the backend copies from fastest."""
+        return stack_inputs(self.backend, inputs)
+
     def logits_of_inputs(self, inputs: np.ndarray, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
         """A batch of model inputs → each image's logits, cropped to its (height, width)."""
         logits = self.backend.run(inputs)
@@ -75,7 +79,7 @@ class Predictor:
     def _common_batch(self, images: list[np.ndarray]) -> np.ndarray:
         height = max(im.shape[0] for im in images)
         width = max(im.shape[1] for im in images)
-        return np.stack([self.model_input(pad_to_common(im, height, width)) for im in images])
+        return self.stack_inputs([self.model_input(pad_to_common(im, height, width)) for im in images])
 
     def logits_and_embedding(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits of an untiled image and its embedding (D,), from one forward pass."""
@@ -144,7 +148,7 @@ class Predictor:
             row_tiles = list(row_tiles)
             for start in range(0, len(row_tiles), self.tile_batch):
                 group = row_tiles[start: start + self.tile_batch]
-                batch = np.stack([normalize(padded[t.rows, t.cols], self.card.normalization) for t in group])
+                batch = self.stack_inputs([normalize(padded[t.rows, t.cols], self.card.normalization) for t in group])
                 for tile, tile_logits in zip(group, self.backend.run(batch)):
                     band.add(tile, tile_logits, blend_weights(tile.height, tile.width, self.card.tile_overlap))
         yield from band.finish_rows_above(padded.shape[0], height, width)

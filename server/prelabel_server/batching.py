@@ -188,7 +188,8 @@ class DynamicBatcher:
             if not live:
                 return
             try:
-                outputs = forward(self._predictor, np.stack([p.model_input for p in live]), [p.request for p in live])
+                outputs = forward(self._predictor, self._predictor.stack_inputs([p.model_input for p in live]),
+                                  [p.request for p in live])
             except Exception as exc:  # a failed batch fails only its own requests
                 log.exception("batch of %d on model %s failed", len(live), self.name)
                 for pending in live:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from prelabel_models.backends import Backend
+from prelabel_models.backends import Backend, stack_inputs
 from prelabel_models.package import ModelPackageError
 from prelabel_models.postprocessing import MapRequest, SegmentationMaps
 from prelabel_proto.errors import ResourceExhausted
@@ -75,10 +75,15 @@ class DeviceFallback:
     def maps_on_device(self) -> bool:
         return getattr(self.primary, "maps_on_device", False)
 
+    def stack_inputs(self, inputs: list[np.ndarray]) -> np.ndarray:
+        return stack_inputs(self.primary, inputs)
+
     def run_maps(self, batch: np.ndarray, temperature: float, requests: list[MapRequest]) -> list[SegmentationMaps]:
-        # Split image numbers, so that each half keeps its own images' requests.
+        # Split image numbers, so that each half keeps its own images' requests. The halves are
+        # runs of rows: a slice is a view, where indexing with the numbers copied the whole batch
+        # (66 MB for 32 CamVid frames, a sixth of the batcher's time on an H100) before every pass.
         return self._call("run_maps", np.arange(len(batch)),
-                          lambda rows: (batch[rows], temperature, [requests[row] for row in rows]))
+                          lambda rows: (batch[rows[0]: rows[-1] + 1], temperature, [requests[row] for row in rows]))
 
     def _call(self, method: str, batch: np.ndarray,
               arguments: Callable[[np.ndarray], tuple[np.ndarray, ...]] = lambda batch: (batch,)):

@@ -147,6 +147,8 @@ class ModelRegistry:
             options["fp16"] = True
         if resolve_backend_name(self._settings.backend) == "onnx":
             options["spin_wait"] = self._settings.onnx_spin_wait
+        else:
+            options["cuda_graphs"] = self._settings.cuda_graphs
         return options
 
     def reload(self, name: str) -> tuple[ServedModel, str]:

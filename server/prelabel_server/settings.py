@@ -35,6 +35,10 @@ class ServerSettings(BaseSettings):
     device_maps: bool = Field(default=True, description=(
         "On a GPU, turn the logits into the mask, confidence and uncertainty there and copy only those "
         "back; off: copy the logits and derive the maps on the host, as on the CPU (less GPU memory)."))
+    cuda_graphs: bool = Field(default=True, description=(
+        "On a GPU, replay the network's forward pass as CUDA graphs (one per input shape, batches rounded "
+        "up to a power of two): one launch instead of hundreds, each of which waited for the GIL "
+        "(docs/benchmarks.md). Off: launch layer by layer (less GPU memory)."))
     inference_threads: int = Field(default=0, ge=0, le=1024, description="Intra-op threads per model; 0: the runtime's default.")
     onnx_spin_wait: bool = Field(default=True, description=(
         "Let ONNX Runtime's intra-op threads spin between operators (never after a run returns). "

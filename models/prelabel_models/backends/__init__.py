@@ -26,6 +26,7 @@ class Backend(Protocol):
     A backend on an accelerator may also turn the logits into maps there: it then has
     ``maps_on_device = True`` and ``run_maps(batch, temperature, requests) -> list[SegmentationMaps]``
     (see device_maps). Without them, the caller derives the maps from ``run``'s logits on the host.
+    It may also stack batches itself (``stack_inputs``, see the function of that name).
     """
 
     name: str
@@ -41,6 +42,13 @@ class Backend(Protocol):
 
     def head(self, features: np.ndarray, dropout_mask: np.ndarray) -> np.ndarray:
         """Features x explicit dropout mask → logits (N, classes, H, W)."""
+
+
+def stack_inputs(backend: Backend, inputs: list[np.ndarray]) -> np.ndarray:
+    """Model inputs of one shape as one batch, in memory the backend chooses where it has a
+    ``stack_inputs`` of its own (page-locked on a GPU), else in a plain numpy array."""
+    own = getattr(backend, "stack_inputs", None)
+    return own(inputs) if own is not None else np.stack(inputs)
 
 
 def gpu_visible() -> bool:

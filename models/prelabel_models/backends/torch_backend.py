@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from prelabel_models.backends.cuda_graphs import GraphedForward
 from prelabel_models.backends.device_maps import batch_maps
 from prelabel_models.network import load_network
 from prelabel_models.package import ModelPackage, ModelPackageError
@@ -14,7 +15,8 @@ from prelabel_models.postprocessing import MapRequest, SegmentationMaps
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, package: ModelPackage, device: str | None = None, fp16: bool = False, threads: int | None = None) -> None:
+    def __init__(self, package: ModelPackage, device: str | None = None, fp16: bool = False, threads: int | None = None,
+                 cuda_graphs: bool = False) -> None:
         if not package.weights_path.is_file():
             raise ModelPackageError(f"weights file {package.weights_path} is missing")
         if device is None:
@@ -27,6 +29,11 @@ class TorchBackend:
         self.fp16 = fp16 and self.device.startswith("cuda")
         network = load_network(package.card, package.weights_path)
         self.network = network.to(self.device, memory_format=torch.channels_last)
+        self._forward = GraphedForward(self._eager_forward, self.device) if cuda_graphs and self.on_gpu else self._eager_forward
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
 
     @torch.inference_mode()
     def run_with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,9 +58,22 @@ class TorchBackend:
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
 
+    def stack_inputs(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """On a GPU the batch is stacked straight into page-locked memory from torch's caching host
+        allocator, which the GPU reads at full bus speed, in one torch call. A fresh numpy array of
+        66 MB (32 CamVid frames) page-faulted on every batch and went to the GPU through a staging
+        copy; and ``np.stack`` into page-locked memory still took a third of the batcher's thread
+        on an H100, as each image's copy gives up the GIL and must win it back from the request
+        threads (docs/benchmarks.md)."""
+        if not self.on_gpu:
+            return np.stack(inputs)
+        pinned = torch.empty((len(inputs), *inputs[0].shape), dtype=torch.float32, pin_memory=True)
+        torch.stack([torch.from_numpy(image) for image in inputs], out=pinned)
+        return pinned.numpy()  # the array keeps the pinned block alive
+
     def release_cached_memory(self) -> None:
         """After a CUDA out-of-memory error: hand the allocator's cached blocks back before a retry."""
-        if self.device.startswith("cuda"):
+        if self.on_gpu:
             torch.cuda.empty_cache()
 
     @torch.inference_mode()
@@ -63,15 +83,18 @@ class TorchBackend:
     @property
     def maps_on_device(self) -> bool:
         """On a GPU the maps are computed there (``run_maps``): see device_maps for why."""
-        return self.device.startswith("cuda")
+        return self.on_gpu
 
     @torch.inference_mode()
     def run_maps(self, batch: np.ndarray, temperature: float, requests: list[MapRequest]) -> list[SegmentationMaps]:
         return batch_maps(self._logits(batch), temperature, requests)
 
     def _logits(self, batch: np.ndarray) -> torch.Tensor:
-        images = self._to_device(batch)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+        return self._forward(self._to_device(batch))
+
+    def _eager_forward(self, images: torch.Tensor) -> torch.Tensor:
+        # no autocast cache: a CUDA graph must not keep casts of the weights from outside its capture
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16, cache_enabled=False):
             return self.network(images)
 
 
