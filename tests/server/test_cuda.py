@@ -129,7 +129,7 @@ def test_a_real_out_of_memory_batch_is_split_and_stays_on_the_gpu(package, large
 
 
 def test_a_real_out_of_memory_image_is_served_from_the_cpu_and_reported(model_repository, camvid_val_images):
-    # Without CUDA graphs: a shape replayed from a graph keeps its memory, and was served on the GPU here.
+    # Without CUDA graphs: with them, this image was still served on the GPU with 8 MiB left (H100, docs/benchmarks.md).
     running = start_server(ServerSettings(host="127.0.0.1", port=0, model_repository=model_repository,
                                           backend="torch", device="cuda:0", cuda_graphs=False))
     image = encode(cv2.resize(read_rgb(camvid_val_images[5]), (960, 720)))
