@@ -32,7 +32,7 @@ class _Graph:
 
 class GraphedForward:
     """``forward(images) -> logits`` on a CUDA device, replayed from graphs. The first ``MAX_GRAPHS``
-    shapes seen get a graph; other shapes, and any shape whose capture failed, run eagerly."""
+    shapes seen get a graph; other shapes, and any shape whose capture failed, run layer by layer."""
 
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], device: str) -> None:
         self._forward = forward
@@ -70,10 +70,10 @@ class GraphedForward:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 outputs = self._forward(inputs)
-        except torch.OutOfMemoryError:
-            # Out of memory while capturing: this shape runs eagerly from now on, and the eager
-            # pass reports the memory error itself if it has no room either.
-            log.warning("no GPU memory to capture a CUDA graph for inputs %s: that shape runs without one", shape)
-            torch.cuda.synchronize(self._device)
+        except Exception as exc:  # out of memory, or an operation a graph cannot hold
+            # This shape runs eagerly from now on (capturing again on every batch would fail
+            # again), and the eager pass reports the error itself if it fails too.
+            log.warning("could not capture a CUDA graph for inputs %s (%s: %s): that shape runs without one",
+                        shape, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
             return None
         return _Graph(graph, inputs, outputs)
