@@ -91,3 +91,9 @@ def test_processes_may_share_a_port_when_asked(model_repository):
         second.stop(grace=0)
     finally:
         first.stop(grace=0)
+
+
+def test_every_setting_is_documented_in_the_readme(repo_root: Path) -> None:
+    readme = (repo_root / "README.md").read_text()
+    undocumented = [name for name in ServerSettings.model_fields if f"`PRELABEL_{name.upper()}`" not in readme]
+    assert undocumented == [], f"README's settings table lacks {undocumented}"
