@@ -462,9 +462,10 @@ def cpu_section(package: ModelPackage, repository: Path, images: list[np.ndarray
 def cuda_section(package: ModelPackage, images: list[np.ndarray], payloads: list[bytes],
                  repeats: int) -> tuple[list[Row], float, dict[str, str]]:
     """The torch backend on the GPU: in-process fp32, fp16, and fp16 replayed from CUDA graphs (the
-    limit: the faster fp16 at its best batch size), then the server on the GPU with fp16: batching on and off, one process and several.
-    The GPU is fast enough that the images are cycled to ``CUDA_PASSES`` times as many requests,
-    so each measurement lasts."""
+    limit: the faster fp16 at its best batch size), then the server on the GPU with fp16, paired
+    in every round with batching off, maps on the host and CUDA graphs off; then one process and
+    several. The GPU is fast enough that the images are cycled to ``CUDA_PASSES`` times as many
+    requests, so each measurement lasts."""
     import onnxruntime as ort
 
     variants = {"fp32": {}, "fp16": {"fp16": True}, "fp16, CUDA graphs": {"fp16": True, "cuda_graphs": True}}
