@@ -183,7 +183,10 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "active-learning.png")
     args = parser.parse_args()
     if args.report_only:
-        report(Results.load(args.out), args.plot)
+        results = Results.load(args.out)
+        if not results.points:  # an empty plot would replace the committed one
+            parser.error(f"--report-only needs the results of a run: {args.out} is missing or holds none")
+        report(results, args.plot)
         return
     if args.quick:
         args.initial, args.step, args.rounds, args.epochs, args.round_epochs, args.ceiling_epochs = 4, 4, 2, 1, 1, 1
