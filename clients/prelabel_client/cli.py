@@ -75,9 +75,10 @@ def _server_settings(args: argparse.Namespace):
     return ServerSettings(**overrides)
 
 
-def _add_server_options(parser: argparse.ArgumentParser) -> None:
+def _add_server_options(parser: argparse.ArgumentParser,
+                        port_help: str = "port (PRELABEL_PORT, default 50051; 0 = any free port)") -> None:
     parser.add_argument("--host", help="address to listen on (PRELABEL_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (PRELABEL_PORT, default 50051; 0 = any free port)")
+    parser.add_argument("--port", type=int, help=port_help)
     parser.add_argument("--model-repository", type=Path, help="folder of model packages (PRELABEL_MODEL_REPOSITORY)")
     parser.add_argument("--backend", choices=["auto", "torch", "onnx"], help="PRELABEL_BACKEND, default auto")
     parser.add_argument("--device", help="device override, e.g. cpu or cuda:0 (PRELABEL_DEVICE)")
@@ -264,7 +265,7 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo", help="serve the default model on a free port and pre-annotate the sample images")
     demo.add_argument("--images", type=Path, default=SAMPLES, help="folder of PNG images")
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
-    _add_server_options(demo)
+    _add_server_options(demo, port_help="port (default: any free port; PRELABEL_PORT is not used)")
     demo.set_defaults(handler=_demo)
 
 
