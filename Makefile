@@ -33,4 +33,4 @@ stubs: $(STAMP)
 	$(BIN)/python protos/generate_stubs.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache $(DEFAULT)/model.onnx
+	rm -rf $(VENV) demo-output .pytest_cache $(DEFAULT)/model.onnx $(DEFAULT)/model.trunk.onnx $(DEFAULT)/model.head.onnx

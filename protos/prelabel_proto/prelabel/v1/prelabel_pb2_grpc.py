@@ -33,7 +33,10 @@ class PrelabelServiceStub:
     Errors use the canonical gRPC status codes: INVALID_ARGUMENT for input that cannot be used
     (corrupt or truncated image, wrong raw shape, unknown option), NOT_FOUND for an unknown model
     or version, RESOURCE_EXHAUSTED for input over a configured limit (message size, pixels) or a
-    full queue, UNAVAILABLE for a model that is not ready, INTERNAL for anything unexpected.
+    full queue, FAILED_PRECONDITION for a model that failed to load (or no model ready to be the
+    default, a reload that failed, MC dropout without the trunk/head graphs), UNAVAILABLE for a
+    model still loading or being replaced, UNAUTHENTICATED for a missing or wrong bearer token,
+    CANCELLED for a request whose caller went away, INTERNAL for anything unexpected.
     """
 
     def __init__(self, channel):
@@ -82,7 +85,10 @@ class PrelabelServiceServicer:
     Errors use the canonical gRPC status codes: INVALID_ARGUMENT for input that cannot be used
     (corrupt or truncated image, wrong raw shape, unknown option), NOT_FOUND for an unknown model
     or version, RESOURCE_EXHAUSTED for input over a configured limit (message size, pixels) or a
-    full queue, UNAVAILABLE for a model that is not ready, INTERNAL for anything unexpected.
+    full queue, FAILED_PRECONDITION for a model that failed to load (or no model ready to be the
+    default, a reload that failed, MC dropout without the trunk/head graphs), UNAVAILABLE for a
+    model still loading or being replaced, UNAUTHENTICATED for a missing or wrong bearer token,
+    CANCELLED for a request whose caller went away, INTERNAL for anything unexpected.
     """
 
     def Predict(self, request, context):
@@ -186,7 +192,10 @@ class PrelabelService:
     Errors use the canonical gRPC status codes: INVALID_ARGUMENT for input that cannot be used
     (corrupt or truncated image, wrong raw shape, unknown option), NOT_FOUND for an unknown model
     or version, RESOURCE_EXHAUSTED for input over a configured limit (message size, pixels) or a
-    full queue, UNAVAILABLE for a model that is not ready, INTERNAL for anything unexpected.
+    full queue, FAILED_PRECONDITION for a model that failed to load (or no model ready to be the
+    default, a reload that failed, MC dropout without the trunk/head graphs), UNAVAILABLE for a
+    model still loading or being replaced, UNAUTHENTICATED for a missing or wrong bearer token,
+    CANCELLED for a request whose caller went away, INTERNAL for anything unexpected.
     """
 
     @staticmethod
