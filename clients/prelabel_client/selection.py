@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -137,8 +137,11 @@ def check_outputs(selection_path: Path, report_path: Path, images: list[Path]) -
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputFileError(f"cannot write {path}: its folder cannot be created ({exc.strerror or exc})") from exc
-        if not os.access(path.parent, os.W_OK):
-            raise OutputFileError(f"cannot write {path}: {path.parent} is not writable")
+        try:  # a real file, not os.access: root passes that check on folders that take no files (/proc)
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
+        except OSError as exc:
+            raise OutputFileError(f"cannot write {path}: {path.parent} takes no new files ({exc.strerror or exc})") from exc
 
 
 def write_selection(selection: Selection, path: Path) -> None:

@@ -62,7 +62,7 @@ def test_a_budget_of_zero_chooses_nothing_and_ranks_the_pool(onnx_server: Runnin
 
 
 @pytest.mark.parametrize("case", ["empty-pool", "out-is-html", "report-is-out", "out-is-a-folder", "out-under-a-file",
-                                  "out-is-a-pool-image"])
+                                  "out-is-a-pool-image", "out-where-no-file-can-be-made"])
 def test_unusable_inputs_are_refused_before_any_image_is_scored(tmp_path: Path, camvid_val_images: list[Path],
                                                                 case: str, capsys: pytest.CaptureFixture) -> None:
     """Each was found only after the whole pool had been scored (or not at all: an empty pool wrote
@@ -77,7 +77,9 @@ def test_unusable_inputs_are_refused_before_any_image_is_scored(tmp_path: Path, 
     out, extra = {"empty-pool": ("sel.json", []), "out-is-html": ("sel.html", []),
                   "report-is-out": ("sel.json", ["--report", str(tmp_path / "sel.json")]),
                   "out-is-a-folder": ("folder", []), "out-under-a-file": ("afile/sel.json", []),
-                  "out-is-a-pool-image": ("pool/a.png", ["--report", str(tmp_path / "r.html")])}[case]
+                  "out-is-a-pool-image": ("pool/a.png", ["--report", str(tmp_path / "r.html")]),
+                  # /proc passes os.access(W_OK) for root, yet takes no new files
+                  "out-where-no-file-can-be-made": ("/proc/sel.json", ["--report", str(tmp_path / "r.html")])}[case]
     code = main(["select", str(pool), "--budget", "1", "--out", str(tmp_path / out), *extra,
                  "--server", "127.0.0.1:1", "--timeout", "2"])
     error = capsys.readouterr().err
