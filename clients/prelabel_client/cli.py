@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -189,7 +191,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default=os.environ.get("PRELABEL_SERVER", "127.0.0.1:50051"),
+    parser.add_argument("--server", type=_server_address, default=os.environ.get("PRELABEL_SERVER", "127.0.0.1:50051"),
                         help="host:port of the server (PRELABEL_SERVER, default 127.0.0.1:50051)")
     parser.add_argument("--timeout", type=_seconds, default=120.0,
                         help="deadline per call, and the longest wait for a stream's next result, seconds (more than 0)")
@@ -207,6 +209,19 @@ def _connect(args: argparse.Namespace) -> PreLabelClient:
     roots = args.root_certificates.read_bytes() if args.root_certificates else None
     return PreLabelClient(args.server, timeout=args.timeout, token=args.token, tls=args.tls, root_certificates=roots,
                           max_message_bytes=args.max_message_bytes, stream_idle_timeout=args.timeout)
+
+
+def _server_address(text: str) -> str:
+    """HOST:PORT (or any gRPC target, such as unix:PATH): checked here, since gRPC takes port 99999
+    as 34463 and an empty target as an internal error."""
+    host, colon, port = text.rpartition(":")
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give the server as HOST:PORT, e.g. 127.0.0.1:50051")
+    if colon and port.isdigit() and not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} of {text!r} is not 1 to 65535")
+    if colon and port.isdigit() and not host:
+        raise argparse.ArgumentTypeError(f"{text!r} names no host: give HOST:PORT, e.g. 127.0.0.1:{port}")
+    return text
 
 
 def _seconds(text: str) -> float:
@@ -306,21 +321,44 @@ def _usage_error(exc: Exception) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _printable_output()
     args = build_parser().parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()  # where Python lets handlers be set
+    previous_handler = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None  # `serve` sets its own
     try:
         return args.handler(args)
     except PrelabelError as exc:  # the server's answer, said plainly: no traceback
         print(f"prelabel: {exc.describe()}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"prelabel {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"prelabel {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:
         message = _usage_error(exc)
         if message is None:
             raise
         print(f"prelabel {args.command}: {message}", file=sys.stderr)
         return 2
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what timeout, systemd, Kubernetes and Slurm send) ends a command as Ctrl-C does: a
+    batch job lists every image it did not process in its manifest before it exits (status 143)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _printable_output() -> None:
+    """File names that are not valid UTF-8 reach the summary as surrogates, which a UTF-8 terminal
+    cannot encode: print them escaped instead of failing at the end of a job that succeeded."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,10 @@ def _retry_service_config(attempts: int) -> str:
 def image_message(image: ImageInput) -> pb.Image:
     """A path or bytes travel encoded; a numpy array (H, W) or (H, W, 1|3|4), uint8, RGB(A), travels raw."""
     if isinstance(image, (str, Path)):
-        return pb.Image(encoded=Path(image).read_bytes())
+        path = Path(image)
+        if path.exists() and not path.is_file():  # reading a FIFO or a device would block the stream for ever
+            raise ValueError(f"{path} is not a regular file (a folder, FIFO, socket or device): give image files")
+        return pb.Image(encoded=path.read_bytes())
     if isinstance(image, (bytes, bytearray, memoryview)):
         return pb.Image(encoded=bytes(image))
     if isinstance(image, np.ndarray):
@@ -269,7 +272,15 @@ class PreLabelClient:
                 yield from watch.handed_over(ready_in_order())
             yield from watch.handed_over(ready_in_order())
         except grpc.RpcError as exc:
-            raise watch.error() or _error_from(exc) from exc
+            error = watch.error() or _error_from(exc)
+            if not raise_on_error:
+                # Results that arrived behind an unanswered image are handed out, not lost with the
+                # stream: each unanswered image before them fails, at its position, with the error.
+                for index in range(next_index, max([*received, *unsent], default=-1)):
+                    if index not in received:
+                        unsent.setdefault(index, error)
+                yield from ready_in_order()
+            raise error from exc
         finally:
             finished.set()
             watch.stop()
@@ -364,8 +375,9 @@ class _IdleWatch:
     def error(self) -> DeadlineExceeded | None:
         if not self._expired:
             return None
-        return DeadlineExceeded(f"no result for {self._limit:g} s with images in flight (the client's "
-                                "stream_idle_timeout; the CLI's --timeout): the server stopped answering")
+        return DeadlineExceeded(f"no result for {self._limit:g} s with images in flight: the server stopped answering, "
+                                "or an image takes it longer than that (a very large one): raise the client's "
+                                "stream_idle_timeout (the CLI's --timeout)")
 
     def _watch(self, call: grpc.Future) -> None:
         while not self._done.wait(min(1.0, self._limit / 4)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import Counter
@@ -102,7 +103,7 @@ def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
     """Writes ``<name>_mask.png`` (the server's palette PNG, class ids as pixel values),
     ``<name>_overlay.png``, ``<name>_uncertainty.png`` and ``<name>.json`` (``name`` defaults to
     the image's stem); returns their paths. A file that cannot be written raises OutputWriteError,
-    after removing the files this call had already written."""
+    after removing the files this call had already written; an interrupt removes them too."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(image_path).stem if name is None else name
     written: dict[str, str] = {}
@@ -129,7 +130,7 @@ def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
             "backend": prediction.backend, "device": prediction.device, "summary": asdict(prediction.summary),
             "timings_ms": prediction.timings_ms, "files": written}, indent=2).encode())
         written["summary"] = str(summary_path)
-    except OutputWriteError:
+    except BaseException:  # a failed write or an interrupt: the image leaves no files the manifest disowns
         for path in written.values():
             Path(path).unlink(missing_ok=True)
         raise
@@ -137,7 +138,13 @@ def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
+    """Writes ``path`` whole or not at all: a write cut short (a full disk, an interrupt) leaves no
+    truncated file under an output name for other tools to pick up."""
     try:
         path.write_bytes(data)
-    except OSError as exc:
-        raise OutputWriteError(f"could not write {path}: {exc.strerror or exc}") from exc
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # nothing to remove where the name itself was refused
+            path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputWriteError(f"could not write {path}: {exc.strerror or exc}") from exc
+        raise

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -20,7 +26,7 @@ from prelabel_client.batch import OutputFolderError, predict_files
 from prelabel_client.cli import main as prelabel_main
 from prelabel_models.image_files import read_image
 from prelabel_proto.errors import PrelabelError
-from prelabel_server.grpc_api.server import start_server
+from prelabel_server.grpc_api.server import RunningServer, start_server
 from prelabel_server.settings import ServerSettings
 
 FILE_KEYS = ("mask", "overlay", "uncertainty", "summary")
@@ -186,3 +192,78 @@ def test_odd_inputs_get_an_overlay_that_lines_up_with_their_mask(onnx_client: Pr
     overlays = [read_image(Path(entry["overlay"])) for entry in _manifest(out)]
     assert [overlay.shape[:2] for overlay in overlays] == [mask.shape[:2] for mask in masks]
     assert masks[1].shape[:2] == small_camvid_rgb.shape[1::-1]
+
+
+def _predict_command(*args: str, **env: str) -> list[str]:
+    return [sys.executable, "-m", "prelabel_client.cli", "predict", *args]
+
+
+def test_a_fifo_among_the_inputs_fails_alone_instead_of_blocking_the_job(onnx_client: PreLabelClient, small_camvid_rgb,
+                                                                         tmp_path: Path) -> None:
+    """Reading a FIFO blocked the job for ever (--timeout did not apply), and later images never ran."""
+    images = [_write(tmp_path / "in" / "a.png", small_camvid_rgb), tmp_path / "in" / "b.png",
+              _write(tmp_path / "in" / "e.png", small_camvid_rgb)]
+    os.mkfifo(images[1])
+    reports = []
+    worker = threading.Thread(target=lambda: reports.append(predict_files(onnx_client, images, tmp_path / "out")),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    if worker.is_alive():
+        with open(images[1], "wb"):  # let the blocked reader go before failing
+            pass
+    assert not worker.is_alive(), "the job blocked on the FIFO"
+    assert (reports[0].written, reports[0].failed) == (2, 1)
+    assert "is not a regular file" in reports[0].failures[str(images[1])]
+
+
+def _limit_file_size() -> None:
+    """In the child: files over 20 kB cannot be written (EFBIG), as on a disk that fills up mid-write."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+
+def test_a_write_cut_short_leaves_no_truncated_file(onnx_server: RunningServer, camvid_val_images: list[Path],
+                                                    tmp_path: Path) -> None:
+    """On a full disk the failed image's overlay stayed behind, truncated, under its output name."""
+    out = tmp_path / "out"
+    run = subprocess.run(_predict_command(str(camvid_val_images[0]), "--out", str(out), "--server", onnx_server.address),
+                         capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size)
+    assert run.returncode == 1 and "not written" in run.stdout, run.stdout + run.stderr
+    assert [entry["error"].split(":")[0] for entry in _manifest(out)] == ["not written"]
+    assert sorted(path.name for path in out.iterdir()) == ["manifest.jsonl"], "a partial output was left"
+
+
+def test_sigterm_lists_every_image_not_processed(onnx_server: RunningServer, small_camvid_rgb, tmp_path: Path) -> None:
+    """SIGTERM (timeout, systemd, Kubernetes) ended the job without a word, and the manifest left
+    out every image not processed; Ctrl-C already listed them."""
+    images = [_write(tmp_path / "in" / f"frame{index:03d}.png", np.roll(small_camvid_rgb, index, axis=1))
+              for index in range(150)]
+    out = tmp_path / "out"
+    job = subprocess.Popen(_predict_command(*map(str, images), "--out", str(out), "--server", onnx_server.address),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ((out / "manifest.jsonl").is_file() and (out / "manifest.jsonl").read_text().count("\n") >= 2):
+        assert time.monotonic() < deadline and job.poll() is None, "the job never got going"
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    _, error = job.communicate(timeout=120)
+    assert job.returncode == 143 and "prelabel predict: terminated" in error
+    manifest = _manifest(out)
+    assert [entry["image"] for entry in manifest] == list(map(str, images))
+    assert any(entry.get("error", "").startswith("not processed") for entry in manifest)
+
+
+def test_a_name_that_is_not_utf8_is_printed_escaped(onnx_server: RunningServer, small_camvid_rgb,
+                                                    tmp_path: Path) -> None:
+    """With a strict UTF-8 stdout (en_US.UTF-8, or PYTHONIOENCODING=utf-8) the summary of a job with
+    such a name raised UnicodeEncodeError at the very end: no summary, and a traceback."""
+    folder = tmp_path / "in"
+    good = _write(folder / "ok.png", small_camvid_rgb)
+    odd = os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png")
+    Path(odd).write_bytes(b"not an image")
+    run = subprocess.run(_predict_command(str(good), odd, "--out", str(tmp_path / "out"), "--server", onnx_server.address),
+                         capture_output=True, text=True, errors="replace", timeout=300,
+                         env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "1 images pre-annotated" in run.stdout and "FAILED" in run.stdout and "caf\\udce9.png" in run.stdout

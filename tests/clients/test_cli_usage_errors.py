@@ -34,6 +34,9 @@ def _prelabel(*args: str, **env: str) -> subprocess.CompletedProcess:
     (("models", "--timeout", "inf"), {}, "--timeout: must be more than 0 and less than 1e9 seconds"),
     (("train", "--config", "c.toml", "--data", "d", "--out", "o", "--epochs", "0"), {}, "--epochs: must be 1 or more"),
     (("evaluate", "models/camvid", "--data", "d", "--threads", "-1"), {}, "--threads: must be 1 or more"),
+    # gRPC took port 99999 as 34463, and an empty address as an internal error with its own log lines:
+    (("models", "--server", "127.0.0.1:99999"), {}, "--server: port 99999 of '127.0.0.1:99999' is not 1 to 65535"),
+    (("models",), {"PRELABEL_SERVER": ""}, "--server: give the server as HOST:PORT"),
 ])
 def test_unusable_settings_and_inputs_get_one_line(args, env, says, tmp_path: Path):
     run = _prelabel(*args, **env)

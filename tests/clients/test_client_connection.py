@@ -170,3 +170,25 @@ def test_a_stream_gives_up_on_a_server_that_stopped_answering(model_repository: 
         os.kill(server.pid, signal.SIGCONT)
         server.terminate()
         server.wait(60)
+
+
+def test_results_behind_an_image_slower_than_the_idle_limit_are_kept(start_extra_server, small_camvid_png: bytes,
+                                                                     camvid_val_images: list[Path]) -> None:
+    """A large image tiled for longer than stream_idle_timeout ended the stream, and the results of
+    the small images after it, already received, were thrown away with it ("not processed")."""
+    import cv2
+
+    from prelabel_client import FailedPrediction, Prediction
+
+    server = start_extra_server()
+    photo = cv2.resize(cv2.imread(str(camvid_val_images[0])), (4000, 3000))  # about 250 tiles of 256: a minute
+    large = cv2.imencode(".jpg", photo)[1].tobytes()
+    outcome: list[object] = []
+    with PreLabelClient(server.address, stream_idle_timeout=5, timeout=60) as client:
+        with pytest.raises(DeadlineExceeded, match="raise the client's stream_idle_timeout"):
+            for result in client.predict_many([large, small_camvid_png, small_camvid_png], raise_on_error=False,
+                                              model="deeplab"):
+                outcome.append(result)
+    assert len(outcome) == 3
+    assert isinstance(outcome[0], FailedPrediction) and isinstance(outcome[0].error, DeadlineExceeded)
+    assert all(isinstance(result, Prediction) and result.mask.shape == (101, 133) for result in outcome[1:])
