@@ -19,7 +19,7 @@ from prelabel_models.epistemic import SAMPLED_MEASURES
 from prelabel_models.postprocessing import SegmentationMaps, summarize
 from prelabel_models.review import review_regions
 from prelabel_models.uncertainty import UNCERTAINTY_MEASURES
-from prelabel_proto.errors import InvalidInput, ModelUnavailable, PrelabelError
+from prelabel_proto.errors import InvalidInput, ModelUnavailable, PrelabelError, ResourceExhausted
 from prelabel_server import encoding, metrics
 from prelabel_server.batching import CallerGone, ModelRetired
 from prelabel_server.imaging import ImageLimits, decode_image, raw_image
@@ -28,6 +28,7 @@ from prelabel_server.registry import ModelRegistry, ServedModel
 from prelabel_server.settings import ServerSettings
 from prelabel_server.types import (
     OUTPUTS,
+    EncodedArray,
     ModelStatus,
     ScoreRequest,
     ScoreResult,
@@ -116,8 +117,10 @@ class Engine:
         started = time.perf_counter()
         image = self._decode(request)
         decoded = time.perf_counter()
+        self._check_fits(_raw_output_bytes(request, image.shape[:2], served.card.num_classes))
         maps, info = compute_maps(served, image, self._map_options(request), caller_gone)
         fields = self._encode(served, request, maps)
+        self._check_fits(sum(len(value.data) for value in fields.values() if isinstance(value, EncodedArray)))
         timings = Timings(decode_ms=(decoded - started) * 1000, inference_ms=info.seconds * 1000,
                           postprocess_ms=(time.perf_counter() - decoded - info.seconds) * 1000,
                           total_ms=(time.perf_counter() - started) * 1000, queue_ms=info.queue_ms)
@@ -136,6 +139,17 @@ class Engine:
             class_names=[c.name for c in card.classes], top_fraction=request.top_fraction,
             top_fraction_uncertainty=top_fraction_score(maps.uncertainty, request.top_fraction),
             embedding=info.embedding)
+
+    def _check_fits(self, response_bytes: int) -> None:
+        """RESOURCE_EXHAUSTED, counted as such, for a response that cannot fit in one message:
+        before inference where the raw outputs alone are over (probabilities of a 4000x3000 image
+        are 264 MB: the whole tiled pass ran, 25 s and 1.7 GB, before the refusal), after encoding
+        otherwise. The servicer checks the message's exact size too."""
+        limit = self.settings.max_message_bytes
+        if response_bytes > limit:
+            raise ResourceExhausted(f"the response would be at least {response_bytes} bytes, over the server's message "
+                                    f"limit of {limit} bytes (PRELABEL_MAX_MESSAGE_BYTES): ask for fewer outputs "
+                                    "(probabilities are the largest), a compact format, or a smaller image")
 
     @staticmethod
     def _map_options(request: SegmentRequest, want_embedding: bool = False) -> MapOptions:
@@ -212,3 +226,17 @@ class Engine:
         return ModelStatus(name=served.name, state=served.state, card=served.card, backend=served.backend,
                            device=served.device, error=served.error, is_default=served.name == default,
                            max_pixels=self.settings.max_image_pixels, degradation=served.degradation)
+
+
+_RAW_BYTES_PER_VALUE = {"raw_uint8": 1, "raw_float16": 2}
+
+
+def _raw_output_bytes(request: SegmentRequest, size: tuple[int, int], classes: int) -> int:
+    """What the requested raw outputs of an image of ``size`` take, known before inference (an
+    encoded PNG's size is not)."""
+    pixels = size[0] * size[1]
+    per_pixel = {"mask": 1, "uncertainty": 1, "probabilities": classes}
+    formats = {"mask": request.mask_format, "uncertainty": request.uncertainty_format,
+               "probabilities": request.probabilities_format}
+    return sum(pixels * per_pixel[output] * _RAW_BYTES_PER_VALUE.get(formats[output], 0)
+               for output in request.outputs if output in formats)

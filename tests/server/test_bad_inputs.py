@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from prelabel_client import PreLabelClient, ResourceExhausted
 from prelabel_client.batch import predict_files
@@ -187,6 +188,23 @@ class TestLimits:
         _assert_refused(limited, _request(jpeg), EXHAUSTED, ("480x360", "172800 pixels", "limit of 100000",
                                                              "PRELABEL_MAX_IMAGE_PIXELS"))
         _assert_still_serving(limited, small_camvid_png)
+
+    def test_a_response_over_the_limit_is_refused_before_inference_and_counted(self, limited_server,
+                                                                                small_camvid_png: bytes) -> None:
+        """Its size was known from the image's header, yet the whole pass ran first (25 s and 1.7 GB
+        for a 4000x3000 photo), and the refusal was counted as ok."""
+        def sample(name: str, **labels: str) -> float:
+            return REGISTRY.get_sample_value(name, {"model": "deeplab", **labels}) or 0.0
+
+        before = {"ok": sample("prelabel_requests_total", outcome="ok"),
+                  "refused": sample("prelabel_requests_total", outcome="resource_exhausted"),
+                  "batches": sample("prelabel_batch_size_count")}
+        with PreLabelClient(limited_server.address, timeout=60) as client:  # 11 x 133 x 101 float16: 295 kB
+            with pytest.raises(ResourceExhausted, match="at least 295526 bytes.*PRELABEL_MAX_MESSAGE_BYTES"):
+                client.predict(small_camvid_png, model="deeplab", outputs=("mask", "probabilities"))
+        assert sample("prelabel_requests_total", outcome="resource_exhausted") == before["refused"] + 1
+        assert sample("prelabel_requests_total", outcome="ok") == before["ok"]
+        assert sample("prelabel_batch_size_count") == before["batches"], "the network ran for it"
 
     def test_an_image_too_large_for_a_message_fails_alone_in_a_stream(self, limited_server, camvid_val_images,
                                                                       small_camvid_png: bytes) -> None:
