@@ -43,7 +43,8 @@ class ServerSettings(BaseSettings):
     onnx_spin_wait: bool = Field(default=True, description=(
         "Let ONNX Runtime's intra-op threads spin between operators (never after a run returns). "
         "On (the runtime's default); off lost every one of 6 paired rounds on 2 cores (docs/benchmarks.md)."))
-    workers: int = Field(default=8, ge=1, le=4096, description="Threads serving RPCs.")
+    workers: int = Field(default=8, ge=2, le=4096, description=(
+        "Threads serving RPCs; at least 2, since streams may never hold them all (max_open_streams)."))
     stream_workers: int = Field(default=8, ge=1, le=4096, description=(
         "Threads processing streamed items (shared by all streams). A batch only fills with items decoded "
         "while the one before it runs, so full batches need twice max_batch_size in the engine: with 4, "
@@ -86,6 +87,22 @@ class ServerSettings(BaseSettings):
         if (self.tls_certificate is None) != (self.tls_private_key is None):
             raise ValueError("TLS needs both PRELABEL_TLS_CERTIFICATE and PRELABEL_TLS_PRIVATE_KEY; with only one "
                              "the server would have served plaintext")
+        return self
+
+    @model_validator(mode="after")
+    def _a_thread_left_for_calls(self) -> "ServerSettings":
+        if self.max_open_streams >= self.workers:
+            raise ValueError(f"PRELABEL_MAX_OPEN_STREAMS ({self.max_open_streams}) must be below PRELABEL_WORKERS "
+                             f"({self.workers}): an open stream holds an RPC thread, and single calls and health "
+                             "checks need one left")
+        return self
+
+    @model_validator(mode="after")
+    def _queue_takes_a_streams_reads(self) -> "ServerSettings":
+        if self.max_queue_size < self.stream_workers:
+            raise ValueError(f"PRELABEL_MAX_QUEUE_SIZE ({self.max_queue_size}) is below PRELABEL_STREAM_WORKERS "
+                             f"({self.stream_workers}): a single stream's own items, read ahead, would be refused "
+                             "as a full queue; raise the queue size or lower the stream workers")
         return self
 
     @property

@@ -4,6 +4,7 @@ thread; a batch job refused a stream waits for one instead of failing."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import ValidationError
 
 from prelabel_client import PreLabelClient, ResourceExhausted
 from prelabel_client.batch import predict_files
@@ -41,8 +43,21 @@ def _open_stream(client: PreLabelClient, image: bytes, release: threading.Event)
 
 def test_the_stream_limit_defaults_to_half_the_rpc_threads():
     assert ServerSettings(workers=8).open_streams_limit == 4
-    assert ServerSettings(workers=1).open_streams_limit == 1
+    assert ServerSettings(workers=2).open_streams_limit == 1
     assert ServerSettings(workers=8, max_open_streams=6).open_streams_limit == 6
+
+
+@pytest.mark.parametrize("settings, says", [
+    # one RPC thread made the default stream limit 1: a single idle stream then held every thread,
+    # and health checks, ListModels and Predict all waited out their deadlines
+    ({"workers": 1}, "greater than or equal to 2"),
+    ({"workers": 4, "max_open_streams": 4}, "PRELABEL_MAX_OPEN_STREAMS (4) must be below PRELABEL_WORKERS (4)"),
+    # a lone stream's own read-ahead (one item per stream worker) overflowed the queue and lost images
+    ({"max_queue_size": 4}, "PRELABEL_MAX_QUEUE_SIZE (4) is below PRELABEL_STREAM_WORKERS (8)"),
+])
+def test_settings_that_would_starve_calls_or_refuse_a_lone_stream_are_startup_errors(settings, says):
+    with pytest.raises(ValidationError, match=re.escape(says)):
+        ServerSettings(**settings)
 
 
 def test_streams_beyond_the_limit_are_refused_and_single_calls_still_served(one_stream_server, small_camvid_png):
