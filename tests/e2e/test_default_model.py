@@ -67,3 +67,25 @@ def test_mc_dropout_on_the_default_model(default_client: PreLabelClient, camvid_
     assert np.isfinite(mutual.uncertainty).all() and 0 <= mutual.uncertainty.min() <= mutual.uncertainty.max() <= 1
     assert mutual.uncertainty.max() > 0 and not np.allclose(mutual.uncertainty, entropy.uncertainty, atol=1e-3)
     assert (mutual.mask == entropy.mask).mean() > 0.95  # the mean of 8 samples stays close to one pass
+
+
+def test_mc_dropout_graphs_cut_short_are_the_packages_error(tmp_path: Path, camvid_val_images: list[Path]):
+    """A package whose trunk graph was cut short (a copy interrupted, a full disk) answered every MC
+    request with INTERNAL and a traceback in the log; it now says which files to export again."""
+    import shutil
+
+    from prelabel_proto.errors import FailedPrecondition
+
+    package = shutil.copytree(DEFAULT_PACKAGE, tmp_path / "camvid")
+    trunk = package / "model.trunk.onnx"
+    if not trunk.is_file():
+        pytest.fail(f"{DEFAULT_PACKAGE / trunk.name} is missing: run `make test` (it exports it)")
+    trunk.write_bytes(trunk.read_bytes()[:1_000_000])
+    running = start_server(ServerSettings(port=0, backend="onnx", model_repository=tmp_path))
+    try:
+        with PreLabelClient(running.address, timeout=300) as client:
+            with pytest.raises(FailedPrecondition, match="model.trunk.onnx.*cannot be loaded.*prelabel export"):
+                client.predict(camvid_val_images[0], measure="mutual_information", mc_samples=2)
+            assert client.predict(camvid_val_images[0]).mask.shape == (360, 480)  # the rest still serves
+    finally:
+        running.stop(grace=0)

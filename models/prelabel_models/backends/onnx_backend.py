@@ -74,6 +74,11 @@ class OnnxBackend:
             if missing:
                 raise ModelPackageError(f"MC dropout needs {missing}: run `prelabel export {self._package.folder}` "
                                         "(written for models with head_dropout > 0)")
-            self._split_sessions = tuple(ort.InferenceSession(str(p), self._options, providers=self._providers)
-                                         for p in paths)
+            try:
+                self._split_sessions = tuple(ort.InferenceSession(str(p), self._options, providers=self._providers)
+                                             for p in paths)
+            except Exception as exc:  # a file cut short or overwritten: the package's to fix, not an internal error
+                reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                raise ModelPackageError(f"MC dropout's graphs {[p.name for p in paths]} in {self._package.folder} cannot "
+                                        f"be loaded ({reason}): run `prelabel export {self._package.folder}` again") from exc
         return self._split_sessions
