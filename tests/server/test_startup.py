@@ -97,3 +97,25 @@ def test_every_setting_is_documented_in_the_readme(repo_root: Path) -> None:
     readme = (repo_root / "README.md").read_text()
     undocumented = [name for name in ServerSettings.model_fields if f"`PRELABEL_{name.upper()}`" not in readme]
     assert undocumented == [], f"README's settings table lacks {undocumented}"
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_an_ipv6_host_is_served(model_repository: Path, host: str) -> None:
+    """``::1`` became ``::1:PORT``, which gRPC took for a name, and the error blamed the port."""
+    running = start_server(_settings(model_repository, host=host, port=0))
+    try:
+        assert running.address.startswith("[::1]:")
+        with PreLabelClient(running.address, timeout=30) as client:
+            assert client.model("deeplab").state == "ready"
+    finally:
+        running.stop(grace=0)

@@ -41,7 +41,7 @@ class RunningServer:
     @property
     def address(self) -> str:
         host = self.engine.settings.host
-        return f"{'127.0.0.1' if host in ('0.0.0.0', '::', '[::]') else host}:{self.port}"
+        return _host_port('127.0.0.1' if host in ('0.0.0.0', '::', '[::]') else host, self.port)
 
     def stop(self, grace: float | None = None) -> None:
         self.health.enter_graceful_shutdown()
@@ -96,11 +96,17 @@ class _ModelHealth:
             self._servicer.set(SERVICE_NAME, overall)
 
 
+def _host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 literal in brackets (gRPC read ``::1:50051`` as a name to look up)."""
+    host = host.strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _bind(server: grpc.Server, settings: ServerSettings) -> int:
-    address = f"{settings.host}:{settings.port}"
+    address = _host_port(settings.host, settings.port)
     credentials = _tls_credentials(settings)
     try:
-        socket.getaddrinfo(settings.host, settings.port)
+        socket.getaddrinfo(settings.host.strip("[]"), settings.port)
     except socket.gaierror as exc:
         raise OSError(f"cannot listen on {address}: host {settings.host!r} does not resolve ({exc.strerror}); "
                       "set PRELABEL_HOST to an address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
