@@ -6,8 +6,10 @@ converter around it.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import cv2
@@ -55,12 +57,33 @@ class Engine:
         self.settings = settings
         self.registry = ModelRegistry(settings)
         self._watcher: RepositoryWatcher | None = None
+        self._running = 0  # requests in progress, for a shutdown that waits for them
+        self._idle = threading.Condition()
 
     def load_models(self) -> None:
         self.registry.load_all()
         if self.settings.repository_poll_seconds:
             self._watcher = RepositoryWatcher(self.registry, self.settings.model_repository,
                                               self.settings.repository_poll_seconds).start()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Waits until no request is in progress; False if some still are after ``timeout``. On
+        shutdown gRPC cancels the calls, but their handler threads run on to the next point where
+        they check (a tiled image's next band): returning before that let them meet the
+        interpreter's exit, which refuses new pool work, and each logged an internal error."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._running == 0, timeout)
+
+    @contextmanager
+    def _in_progress(self) -> Iterator[None]:
+        with self._idle:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()
 
     def close(self) -> None:
         if self._watcher is not None:
@@ -89,7 +112,8 @@ class Engine:
         label = self.registry.metric_label(request.model)
         try:
             validate()
-            result = self._on_current_model(run, request)
+            with self._in_progress():
+                result = self._on_current_model(run, request)
         except PrelabelError as exc:
             self.count_refused(request.model, exc)
             raise

@@ -42,3 +42,42 @@ def test_sigterm_delivered_to_another_thread_stops_the_server(model_repository: 
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_sigterm_during_a_tiled_image_ends_it_cleanly(model_repository: Path, camvid_val_images: list[Path]):
+    """The call was cancelled, but its thread ran on to the next band, met the interpreter's exit
+    (which refuses new pool work) and logged an internal error with a traceback, every time."""
+    import signal
+    import threading
+    import time
+
+    import cv2
+
+    photo = cv2.imencode(".jpg", cv2.resize(cv2.imread(str(camvid_val_images[0])), (2400, 1800)))[1].tobytes()
+    command = [sys.executable, "-m", "prelabel_client.cli", "serve", "--backend", "onnx", "--host", "127.0.0.1",
+               "--port", "0", "--model-repository", str(model_repository)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = process.stdout.readline()
+        assert banner.startswith("prelabel serving on "), process.stderr.read()[-3000:] if process.poll() else banner
+        outcome: list[object] = []
+
+        def predict() -> None:
+            with PreLabelClient(banner.split()[3], timeout=120, retries=0) as client:
+                try:
+                    outcome.append(client.predict(photo, model="deeplab"))
+                except Exception as exc:  # the server going away mid-call: any status will do here
+                    outcome.append(exc)
+
+        caller = threading.Thread(target=predict, daemon=True)
+        caller.start()
+        time.sleep(2)  # well into the photo's bands of tiles
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        caller.join(timeout=60)
+        assert process.returncode == 0, stderr[-3000:]
+        assert "unexpected error" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

@@ -23,6 +23,7 @@ from prelabel_server.metrics import start_metrics_server
 from prelabel_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
+_HANDLERS_FINISH_S = 30.0  # for calls already cancelled to reach their next check (a tiled image's next band)
 
 
 def model_health_name(model: str) -> str:
@@ -50,6 +51,8 @@ class RunningServer:
         # tiled image stops at its next band); left running, they met the CPU pool shut down at
         # the interpreter's exit and logged internal errors.
         self.stream_executor.shutdown(wait=True, cancel_futures=True)
+        if not self.engine.wait_idle(timeout=_HANDLERS_FINISH_S):
+            log.warning("requests still running %.0f s after the server stopped; exiting anyway", _HANDLERS_FINISH_S)
         self.engine.close()
 
 
