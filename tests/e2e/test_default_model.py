@@ -70,8 +70,9 @@ def test_mc_dropout_on_the_default_model(default_client: PreLabelClient, camvid_
 
 
 def test_mc_dropout_graphs_cut_short_are_the_packages_error(tmp_path: Path, camvid_val_images: list[Path]):
-    """A package whose trunk graph was cut short (a copy interrupted, a full disk) answered every MC
-    request with INTERNAL and a traceback in the log; it now says which files to export again."""
+    """A package whose trunk graph was cut short (a copy interrupted, a full disk) reloaded as ready,
+    and every MC request got INTERNAL with a traceback in the log. Now the reload fails and the
+    version already loaded keeps serving; MC requests say which files to export again."""
     import shutil
 
     from prelabel_proto.errors import FailedPrecondition
@@ -80,12 +81,14 @@ def test_mc_dropout_graphs_cut_short_are_the_packages_error(tmp_path: Path, camv
     trunk = package / "model.trunk.onnx"
     if not trunk.is_file():
         pytest.fail(f"{DEFAULT_PACKAGE / trunk.name} is missing: run `make test` (it exports it)")
-    trunk.write_bytes(trunk.read_bytes()[:1_000_000])
     running = start_server(ServerSettings(port=0, backend="onnx", model_repository=tmp_path))
     try:
         with PreLabelClient(running.address, timeout=300) as client:
+            trunk.write_bytes(trunk.read_bytes()[:1_000_000])
+            with pytest.raises(FailedPrecondition, match="model.trunk.onnx.*cannot be loaded.*prelabel export"):
+                client.reload_model("camvid")
+            assert client.predict(camvid_val_images[0]).mask.shape == (360, 480)  # the loaded version serves
             with pytest.raises(FailedPrecondition, match="model.trunk.onnx.*cannot be loaded.*prelabel export"):
                 client.predict(camvid_val_images[0], measure="mutual_information", mc_samples=2)
-            assert client.predict(camvid_val_images[0]).mask.shape == (360, 480)  # the rest still serves
     finally:
         running.stop(grace=0)

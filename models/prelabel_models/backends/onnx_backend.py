@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 
@@ -66,6 +68,14 @@ class OnnxBackend:
         return head.run([OUTPUT_NAME], {FEATURES_NAME: np.ascontiguousarray(features, dtype=np.float32),
                                         MASK_NAME: np.ascontiguousarray(dropout_mask, dtype=np.float32)})[0]
 
+    def check_mc_graphs(self) -> None:
+        """Loads MC dropout's graphs once, where the package has them, and lets them go: graphs cut
+        short (a copy interrupted) then fail the package's load, and a reload keeps the old version
+        serving, instead of every MC request failing later. 0.4 s for the default model's."""
+        paths = (self._package.trunk_onnx_path, self._package.head_onnx_path)
+        if all(path.is_file() for path in paths):
+            self._load_split(paths)
+
     def _split(self) -> tuple[ort.InferenceSession, ort.InferenceSession]:
         """The trunk and masked-head graphs, loaded on first use (only MC dropout needs them)."""
         if self._split_sessions is None:
@@ -74,11 +84,14 @@ class OnnxBackend:
             if missing:
                 raise ModelPackageError(f"MC dropout needs {missing}: run `prelabel export {self._package.folder}` "
                                         "(written for models with head_dropout > 0)")
-            try:
-                self._split_sessions = tuple(ort.InferenceSession(str(p), self._options, providers=self._providers)
-                                             for p in paths)
-            except Exception as exc:  # a file cut short or overwritten: the package's to fix, not an internal error
-                reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-                raise ModelPackageError(f"MC dropout's graphs {[p.name for p in paths]} in {self._package.folder} cannot "
-                                        f"be loaded ({reason}): run `prelabel export {self._package.folder}` again") from exc
+            self._split_sessions = self._load_split(paths)
         return self._split_sessions
+
+    def _load_split(self, paths: tuple[Path, Path]) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+        try:
+            trunk, head = (ort.InferenceSession(str(p), self._options, providers=self._providers) for p in paths)
+        except Exception as exc:  # a file cut short or overwritten: the package's to fix, not an internal error
+            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise ModelPackageError(f"MC dropout's graphs {[p.name for p in paths]} in {self._package.folder} cannot "
+                                    f"be loaded ({reason}): run `prelabel export {self._package.folder}` again") from exc
+        return trunk, head
