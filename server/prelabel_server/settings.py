@@ -99,7 +99,7 @@ class ServerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _queue_takes_a_streams_reads(self) -> "ServerSettings":
-        if self.max_queue_size < self.stream_workers:
+        if self.batching and self.max_queue_size < self.stream_workers:  # without batching there is no queue
             raise ValueError(f"PRELABEL_MAX_QUEUE_SIZE ({self.max_queue_size}) is below PRELABEL_STREAM_WORKERS "
                              f"({self.stream_workers}): a single stream's own items, read ahead, would be refused "
                              "as a full queue; raise the queue size or lower the stream workers")

@@ -58,6 +58,8 @@ def test_the_stream_limit_defaults_to_half_the_rpc_threads():
 def test_settings_that_would_starve_calls_or_refuse_a_lone_stream_are_startup_errors(settings, says):
     with pytest.raises(ValidationError, match=re.escape(says)):
         ServerSettings(**settings)
+    if "max_queue_size" in settings:  # without batching there is no model queue to overflow
+        assert ServerSettings(**settings, batching=False).max_queue_size == settings["max_queue_size"]
 
 
 def test_streams_beyond_the_limit_are_refused_and_single_calls_still_served(one_stream_server, small_camvid_png):
