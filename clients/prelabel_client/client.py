@@ -71,11 +71,18 @@ def _check_window(window: int) -> None:
         raise ValueError(f"window must be at least 1 (images sent ahead of their results), got {window}")
 
 
+_RETRIED_METHODS = ("Predict", "ListModels", "GetModel", "ReloadModel")
+
+
 def _retry_service_config(attempts: int) -> str:
-    """gRPC's own retry policy: only UNAVAILABLE is retried, with exponential back-off."""
+    """gRPC's own retry policy, for single calls only: UNAVAILABLE is retried, with exponential
+    back-off. Not for streams: with a retry policy, a stream whose server was stopped while another
+    client's call was still running waited for ever in its response iterator (grpcio 1.85); without
+    one it ends with UNAVAILABLE."""
     policy = {"maxAttempts": attempts, "initialBackoff": "0.2s", "maxBackoff": "5s", "backoffMultiplier": 2,
               "retryableStatusCodes": ["UNAVAILABLE"]}
-    return json.dumps({"methodConfig": [{"name": [{"service": SERVICE_NAME}], "retryPolicy": policy}]})
+    methods = [{"service": SERVICE_NAME, "method": method} for method in _RETRIED_METHODS]
+    return json.dumps({"methodConfig": [{"name": methods, "retryPolicy": policy}]})
 
 
 def image_message(image: ImageInput) -> pb.Image:

@@ -7,6 +7,7 @@ server sends SIGTERM to itself, which reproduces that delivery on any machine.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,56 @@ def test_sigterm_during_a_tiled_image_ends_it_cleanly(model_repository: Path, ca
         caller.join(timeout=60)
         assert process.returncode == 0, stderr[-3000:]
         assert "unexpected error" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_a_stream_ends_when_the_server_stops_under_it(model_repository: Path, camvid_val_images: list[Path]):
+    """With gRPC's retry policy on streams too, a stream whose server was stopped while another
+    client's tiled call ran waited in its response iterator for ever (no idle limit set)."""
+    import signal
+    import threading
+    import time
+
+    import cv2
+
+    from prelabel_client import PrelabelError
+
+    photo = cv2.imencode(".jpg", cv2.resize(cv2.imread(str(camvid_val_images[0])), (2400, 1800)))[1].tobytes()
+    command = [sys.executable, "-m", "prelabel_client.cli", "serve", "--backend", "onnx", "--host", "127.0.0.1",
+               "--port", "0", "--model-repository", str(model_repository)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PRELABEL_GRACE_SECONDS": "1"})
+    try:
+        banner = process.stdout.readline()
+        assert banner.startswith("prelabel serving on "), process.stderr.read()[-3000:] if process.poll() else banner
+        address, outcome = banner.split()[3], []
+
+        def unary() -> None:
+            with PreLabelClient(address, timeout=120) as client:
+                try:
+                    client.predict(photo, model="deeplab")
+                except PrelabelError:
+                    pass
+
+        def stream() -> None:
+            with PreLabelClient(address, timeout=120) as client:  # no stream_idle_timeout
+                try:
+                    outcome.extend(client.predict_many([photo] * 3, raise_on_error=False, model="deeplab"))
+                except PrelabelError as exc:
+                    outcome.append(exc)
+
+        callers = [threading.Thread(target=work, daemon=True) for work in (stream, unary)]
+        for caller in callers:
+            caller.start()
+        time.sleep(3)
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+        callers[0].join(timeout=60)
+        assert not callers[0].is_alive(), "the stream still waits on a server that is gone"
+        assert outcome and isinstance(outcome[-1], PrelabelError)
     finally:
         if process.poll() is None:
             process.kill()
