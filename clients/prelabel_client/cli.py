@@ -214,12 +214,14 @@ def _connect(args: argparse.Namespace) -> PreLabelClient:
 def _server_address(text: str) -> str:
     """HOST:PORT (or any gRPC target, such as unix:PATH): checked here, since gRPC takes port 99999
     as 34463 and an empty target as an internal error."""
-    host, colon, port = text.rpartition(":")
     if not text.strip():
         raise argparse.ArgumentTypeError("give the server as HOST:PORT, e.g. 127.0.0.1:50051")
-    if colon and port.isdigit() and not 1 <= int(port) <= 65535:
+    host, colon, port = text.rpartition(":")
+    if not (colon and port.isdigit()):  # another form of gRPC target: gRPC checks it
+        return text
+    if not 1 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"port {port} of {text!r} is not 1 to 65535")
-    if colon and port.isdigit() and not host:
+    if not host:
         raise argparse.ArgumentTypeError(f"{text!r} names no host: give HOST:PORT, e.g. 127.0.0.1:{port}")
     return text
 
@@ -331,8 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prelabel: {exc.describe()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        print(f"prelabel {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        terminated = isinstance(exc, Terminated)
+        print(f"prelabel {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as exc:
         message = _usage_error(exc)
         if message is None:
