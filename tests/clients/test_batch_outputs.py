@@ -164,7 +164,8 @@ def test_a_stream_lost_mid_job_leaves_a_manifest_of_what_was_done_and_what_was_n
     finished = [entry for entry in manifest if "error" not in entry]
     failed = [entry for entry in manifest if "error" in entry]
     assert finished and failed, (len(finished), len(failed))
-    assert manifest[: len(finished)] == finished, "the finished images are the first ones"
+    # results that arrived behind an unanswered image are written too: each failure is the stream's error
+    assert all(raised.value.message in entry["error"] for entry in failed)
     for entry in finished:
         assert set(entry) == {"image", *FILE_KEYS} and all(Path(path).is_file() for path in _listed_files(entry))
     assert all(raised.value.message in entry["error"] for entry in failed if entry["error"].startswith("not processed"))
