@@ -91,7 +91,8 @@ def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_
     """The manifest entry of one image: its files once written, or its error (the server's, or a
     file that could not be written)."""
     if isinstance(result, FailedPrediction):
-        return {"image": str(image), "error": result.error.describe()}
+        prefix = "" if result.answered else "not processed: "
+        return {"image": str(image), "error": prefix + result.error.describe()}
     try:
         return {"image": str(image), **write_prediction(result, image, out_dir, palette, name=name)}
     except OutputWriteError as exc:

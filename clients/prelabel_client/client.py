@@ -225,6 +225,7 @@ class PreLabelClient:
         sent_slots = threading.Semaphore(window)
         finished = threading.Event()
         unsent: dict[int, PrelabelError] = {}  # inputs that could not be sent, reported at their position
+        unanswered: set[int] = set()  # sent, but the stream ended before their answer
         input_error: list[BaseException] = []
         watch = _IdleWatch(self._stream_idle_timeout)
 
@@ -263,7 +264,7 @@ class PreLabelClient:
             while next_index in received or next_index in unsent:
                 index, next_index = next_index, next_index + 1
                 if index in unsent:
-                    yield self._failure(unsent.pop(index), raise_on_error)
+                    yield self._failure(unsent.pop(index), raise_on_error, answered=index not in unanswered)
                     continue
                 sent_slots.release()
                 response = received.pop(index)
@@ -284,8 +285,9 @@ class PreLabelClient:
                 # Results that arrived behind an unanswered image are handed out, not lost with the
                 # stream: each unanswered image before them fails, at its position, with the error.
                 for index in range(next_index, max([*received, *unsent], default=-1)):
-                    if index not in received:
-                        unsent.setdefault(index, error)
+                    if index not in received and index not in unsent:
+                        unanswered.add(index)
+                        unsent[index] = error
                 yield from ready_in_order()
             raise error from exc
         finally:
@@ -309,10 +311,10 @@ class PreLabelClient:
         return message
 
     @staticmethod
-    def _failure(error: PrelabelError, raise_on_error: bool) -> FailedPrediction:
+    def _failure(error: PrelabelError, raise_on_error: bool, answered: bool = True) -> FailedPrediction:
         if raise_on_error:
             raise error
-        return FailedPrediction(error)
+        return FailedPrediction(error, answered=answered)
 
     def models(self, timeout: float | None = None) -> list[ModelInfo]:
         response = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)

@@ -84,10 +84,14 @@ class Prediction:
 
 @dataclass(frozen=True)
 class FailedPrediction:
-    """Stands in for an item of ``predict_many`` that failed, when asked not to raise."""
+    """Stands in for an item of ``predict_many`` that failed, when asked not to raise.
+
+    ``answered`` is False for an image the stream ended before the server answered: ``error`` is
+    then the stream's, and callers say the image was not processed rather than that it failed."""
 
     error: PrelabelError
     ok: bool = False
+    answered: bool = True
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def rank_pool(client: PreLabelClient, images: list[Path], budget: int, strategy:
             images, embeddings=strategy == "diverse", raise_on_error=False, model=model, measure=measure), patience_s)
         for path, result in tqdm(zip(images, results), total=len(images), unit="img", desc="scoring pool"):
             if isinstance(result, FailedPrediction):
-                failed[str(path)] = result.error.describe()
+                failed[str(path)] = ("" if result.answered else "not scored: ") + result.error.describe()
             else:
                 scored.append((path, result))
     except PrelabelError as exc:

@@ -192,4 +192,5 @@ def test_results_behind_an_image_slower_than_the_idle_limit_are_kept(start_extra
     # a loaded machine may not answer the last small image in time: it is then not processed, like any in flight
     assert len(outcome) >= 2
     assert isinstance(outcome[0], FailedPrediction) and isinstance(outcome[0].error, DeadlineExceeded)
+    assert not outcome[0].answered
     assert all(isinstance(result, Prediction) and result.mask.shape == (101, 133) for result in outcome[1:])
