@@ -218,8 +218,12 @@ def test_calls_beyond_what_the_server_admits_are_refused_at_once(batch_repositor
                     return exc
             outcomes = _concurrently(8, call)
             refused = [o for o in outcomes if isinstance(o, ResourceExhausted)]
-            assert 1 <= len(refused) <= 5, f"{len(refused)} of 8 refused with 3 admitted"
-            assert "PRELABEL_MAX_CONCURRENT_RPCS" in refused[0].message and "retry later" in refused[0].message
+            # 5 over the admission limit, and one more where a third admitted call finds the model's
+            # queue of 1 taken while the first call's forward pass runs
+            assert 1 <= len(refused) <= 6, f"{len(refused)} of 8 refused with 3 admitted"
+            over_admission = [o for o in refused if "PRELABEL_MAX_CONCURRENT_RPCS" in o.message]
+            assert len(over_admission) >= len(refused) - 1 and over_admission, [o.message for o in refused]
+            assert all("retry later" in o.message for o in refused)
             assert all(o.mask.shape == (360, 480) for o in outcomes if not isinstance(o, ResourceExhausted))
             assert client.predict(val_images[0]).mask.shape == (360, 480)  # still serving
     finally:
