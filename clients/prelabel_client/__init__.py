@@ -1,7 +1,7 @@
 """Python client for prelabel: ``PreLabelClient("host:port").predict("image.png")``."""
 
 from prelabel_client.client import PreLabelClient
-from prelabel_client.results import ClassShare, FailedPrediction, ImageScores, ModelInfo, Prediction, Summary
+from prelabel_client.results import ClassSegment, ClassShare, FailedPrediction, ImageScores, ModelInfo, Prediction, Summary
 from prelabel_proto.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -15,6 +15,6 @@ from prelabel_proto.errors import (
     Unauthenticated,
 )
 
-__all__ = ["Cancelled", "ClassShare", "DeadlineExceeded", "FailedPrecondition", "FailedPrediction", "ImageScores",
+__all__ = ["Cancelled", "ClassSegment", "ClassShare", "DeadlineExceeded", "FailedPrecondition", "FailedPrediction", "ImageScores",
            "InternalError", "InvalidInput", "ModelInfo", "ModelNotFound", "ModelUnavailable", "PreLabelClient",
            "Prediction", "PrelabelError", "ResourceExhausted", "Summary", "Unauthenticated"]

@@ -15,6 +15,7 @@ from typing import TextIO, TypeVar
 from tqdm import tqdm
 
 from prelabel_client.client import PreLabelClient
+from prelabel_client.coco import CocoFile
 from prelabel_client.outputs import OutputWriteError, output_names, write_prediction
 from prelabel_client.results import FailedPrediction, Prediction
 from prelabel_proto.errors import PrelabelError, ResourceExhausted
@@ -27,6 +28,7 @@ class BatchReport:
     out_dir: Path
     written: int = 0
     failures: dict[str, str] = field(default_factory=dict)
+    coco_file: Path | None = None
 
     @property
     def failed(self) -> int:
@@ -34,12 +36,14 @@ class BatchReport:
 
     def describe(self) -> str:
         lines = [f"{self.written} images pre-annotated; results in {self.out_dir.resolve()}"]
+        if self.coco_file is not None:
+            lines.append(f"COCO file (per-class masks as RLE): {self.coco_file.resolve()}")
         lines += [f"FAILED {name}: {error}" for name, error in self.failures.items()]
         return "\n".join(lines)
 
 
 def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, model: str = "",
-                  measure: str = "entropy", patience_s: float = 600.0) -> BatchReport:
+                  measure: str = "entropy", patience_s: float = 600.0, coco: bool = False) -> BatchReport:
     """Pre-annotates ``images`` into ``out_dir`` over one stream. A server at its limit of open
     streams or calls refuses the stream before any image is processed; the job then waits its turn
     (up to ``patience_s``) instead of failing.
@@ -50,40 +54,58 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     written makes the image a failure). ``out_dir`` is checked before any request: one that cannot
     be created or written raises OutputFolderError. Should the job stop early (the stream lost, the
     server gone), every image not processed is listed in the manifest as failed with that error
-    before the error propagates."""
+    before the error propagates.
+
+    ``coco`` also writes ``coco.json``: every written image's per-class masks as one COCO file
+    (see ``CocoFile``), at the end of the job, and with the images done so far if it stops early."""
     images = [Path(image) for image in images]
     manifest = _open_manifest(out_dir, images)
     report = BatchReport(out_dir)
     done = 0
+    collected: CocoFile | None = None
     try:
         names = output_names(images, out_dir)
-        palette = client.model(model).palette
+        served = client.model(model)
+        collected = CocoFile(served.classes) if coco else None
+        outputs = ("mask", "uncertainty", "class_segments") if coco else ("mask", "uncertainty")
         results = stream_when_admitted(lambda: client.predict_many(images, raise_on_error=False, model=model,
-                                                                    measure=measure), patience_s)
+                                                                    measure=measure, outputs=outputs), patience_s)
         for image, name, result in tqdm(zip(images, names, results), total=len(images), unit="img",
                                         desc="pre-annotating"):
-            entry = _written(result, image, name, out_dir, palette)
+            entry = _written(result, image, name, out_dir, served.palette)
             if "error" in entry:
                 report.failures[str(image)] = entry["error"]
             else:
                 report.written += 1
+                if collected is not None:
+                    collected.add(image, result)
             _append(manifest, entry)
             done += 1
         for image in images[done:]:  # a stream that ended without an answer for every image
             report.failures[str(image)] = "no result: the stream ended before this image was processed"
             _append(manifest, {"image": str(image), "error": report.failures[str(image)]})
             done += 1
+        if collected is not None:
+            report.coco_file = _write_coco(collected, out_dir)
     except BaseException as exc:
         error = f"not processed: {_describe(exc)}"
         try:
             for image in images[done:]:
                 _append(manifest, {"image": str(image), "error": error})
-        except OSError:  # the manifest itself cannot be written: the job's own error matters more
+            if collected is not None:
+                _write_coco(collected, out_dir)
+        except OSError:  # the outputs themselves cannot be written: the job's own error matters more
             pass
         raise
     finally:
         manifest.close()
     return report
+
+
+def _write_coco(collected: CocoFile, out_dir: Path) -> Path:
+    path = out_dir / "coco.json"
+    collected.write(path)
+    return path
 
 
 def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_dir: Path,

@@ -91,7 +91,8 @@ def _predict(args: argparse.Namespace) -> int:
     from prelabel_client.batch import predict_files
 
     with _connect(args) as client:
-        report = predict_files(client, args.images, args.out, model=args.model, measure=args.measure)
+        report = predict_files(client, args.images, args.out, model=args.model, measure=args.measure,
+                               coco=args.coco)
     print(report.describe())
     return 0 if report.failed == 0 else 1
 
@@ -183,7 +184,7 @@ def _demo(args: argparse.Namespace) -> int:
                 print(f"prelabel: default model {info.name!r} is {info.state}: {info.error}", file=sys.stderr)
                 return 1
             print(f"model {info.name} v{info.version} ({info.architecture}/{info.encoder}) on {info.backend} ({info.device})")
-            report = predict_files(client, images, args.out)
+            report = predict_files(client, images, args.out, coco=True)
     finally:
         running.stop(grace=1)
     print(report.describe())
@@ -246,6 +247,8 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--out", type=Path, required=True, help="folder for masks, overlays, heat maps, summaries")
     predict.add_argument("--model", default="", help="model name (default: the server's default model)")
     predict.add_argument("--measure", default="entropy", choices=MEASURES, help="uncertainty measure (default entropy)")
+    predict.add_argument("--coco", action="store_true",
+                         help="also write OUT/coco.json: per-class masks (RLE) for CVAT, Label Studio, pycocotools")
     _add_client_options(predict)
     predict.set_defaults(handler=_predict)
 

@@ -31,7 +31,7 @@ ImageInput = Union[str, Path, bytes, np.ndarray]
 ResultT = TypeVar("ResultT")
 
 _OUTPUT_ENUMS = {"mask": pb.OUTPUT_MASK, "uncertainty": pb.OUTPUT_UNCERTAINTY, "probabilities": pb.OUTPUT_PROBABILITIES,
-                 "review_regions": pb.OUTPUT_REVIEW_REGIONS}
+                 "review_regions": pb.OUTPUT_REVIEW_REGIONS, "class_segments": pb.OUTPUT_CLASS_SEGMENTS}
 _MEASURE_ENUMS = {name.removeprefix("UNCERTAINTY_MEASURE_").lower(): value
                   for name, value in pb.UncertaintyMeasure.items() if value != pb.UNCERTAINTY_MEASURE_UNSPECIFIED}
 _FORMAT_ENUMS = {"png_uint8": pb.ARRAY_FORMAT_PNG_UINT8, "png_uint16": pb.ARRAY_FORMAT_PNG_UINT16,

@@ -95,7 +95,7 @@ def _write_image(path: Path, image: np.ndarray) -> None:
     ok, png = cv2.imencode(".png", image)
     if not ok:
         raise OutputWriteError(f"could not encode {path} as PNG")
-    _write_bytes(path, png.tobytes())
+    write_whole(path, png.tobytes())
 
 
 def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
@@ -112,7 +112,7 @@ def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
             mask_path = out_dir / f"{stem}_mask.png"
             if prediction.response.mask.format != pb.ARRAY_FORMAT_PNG_UINT8:
                 raise ValueError("write_prediction needs the mask requested as png_uint8 (the palette PNG)")
-            _write_bytes(mask_path, prediction.response.mask.data)
+            write_whole(mask_path, prediction.response.mask.data)
             written["mask"] = str(mask_path)
             image = read_image(Path(image_path))
             if image is not None and image.shape[:2] == prediction.mask.shape:
@@ -125,7 +125,7 @@ def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
             _write_image(heat_path, heat_map(prediction.uncertainty))
             written["uncertainty"] = str(heat_path)
         summary_path = out_dir / f"{stem}.json"
-        _write_bytes(summary_path, json.dumps({
+        write_whole(summary_path, json.dumps({
             "image": str(image_path), "model": prediction.model, "model_version": prediction.model_version,
             "backend": prediction.backend, "device": prediction.device, "summary": asdict(prediction.summary),
             "timings_ms": prediction.timings_ms, "files": written}, indent=2).encode())
@@ -137,7 +137,7 @@ def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
     return written
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def write_whole(path: Path, data: bytes) -> None:
     """Writes ``path`` whole or not at all: a write cut short (a full disk, an interrupt) leaves no
     truncated file under an output name for other tools to pick up."""
     try:

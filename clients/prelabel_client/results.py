@@ -9,6 +9,7 @@ from functools import cached_property
 import cv2
 import numpy as np
 from PIL import Image
+from pycocotools import mask as coco_mask
 
 from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto.errors import PrelabelError
@@ -48,6 +49,23 @@ class ReviewRegion:
 
 
 @dataclass(frozen=True)
+class ClassSegment:
+    """Every pixel of one predicted class as a COCO mask (asked for with outputs including
+    "class_segments"): ``rle`` is a COCO segmentation, ready for pycocotools or a COCO file."""
+
+    class_id: int
+    name: str
+    rle: dict            # {"size": [height, width], "counts": compressed RLE string}
+    area: int
+    box: tuple[int, int, int, int]  # x, y, width, height
+    score: float         # mean top-class probability over its pixels
+
+    def to_mask(self) -> np.ndarray:
+        """(H, W) bool: where this class was predicted."""
+        return coco_mask.decode({**self.rle, "counts": self.rle["counts"].encode()}).astype(bool)
+
+
+@dataclass(frozen=True)
 class Prediction:
     """One image's pre-annotation. ``mask`` and ``uncertainty`` have the image's height and width.
 
@@ -64,6 +82,7 @@ class Prediction:
     tiles: int
     response: pb.PredictResponse
     review_regions: list[ReviewRegion] = field(default_factory=list)
+    class_segments: list[ClassSegment] = field(default_factory=list)
     ok: bool = True
 
     @cached_property
@@ -183,6 +202,10 @@ def prediction_from_response(response: pb.PredictResponse) -> Prediction:
         review_regions=[ReviewRegion((r.x, r.y, r.width, r.height), list(zip(r.polygon[::2], r.polygon[1::2])),
                                      r.area, r.mean_uncertainty, r.expected_errors, list(r.class_ids))
                         for r in response.review_regions],
+        class_segments=[ClassSegment(s.class_id, s.name, {"size": [response.height, response.width],
+                                                          "counts": s.rle_counts.decode("ascii")},
+                                     s.area, (s.x, s.y, s.width, s.height), s.score)
+                        for s in response.class_segments],
         timings_ms={"decode": timings.decode_ms, "queue": timings.queue_ms, "inference": timings.inference_ms,
                     "postprocess": timings.postprocess_ms, "total": timings.total_ms},
     )

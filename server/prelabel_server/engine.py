@@ -20,6 +20,7 @@ from prelabel_models.acquisition import top_fraction_score
 from prelabel_models.epistemic import SAMPLED_MEASURES
 from prelabel_models.postprocessing import SegmentationMaps, summarize
 from prelabel_models.review import review_regions
+from prelabel_models.segments import class_segments
 from prelabel_models.uncertainty import UNCERTAINTY_MEASURES
 from prelabel_proto.errors import InvalidInput, ModelUnavailable, PrelabelError, ResourceExhausted
 from prelabel_server import encoding, metrics
@@ -144,7 +145,8 @@ class Engine:
         self._check_fits(_raw_output_bytes(request, image.shape[:2], served.card.num_classes))
         maps, info = compute_maps(served, image, self._map_options(request), caller_gone)
         fields = self._encode(served, request, maps)
-        self._check_fits(sum(len(value.data) for value in fields.values() if isinstance(value, EncodedArray)))
+        self._check_fits(sum(len(value.data) for value in fields.values() if isinstance(value, EncodedArray))
+                         + sum(len(s.rle_counts) for s in fields.get("class_segments") or ()))
         timings = Timings(decode_ms=(decoded - started) * 1000, inference_ms=info.seconds * 1000,
                           postprocess_ms=(time.perf_counter() - decoded - info.seconds) * 1000,
                           total_ms=(time.perf_counter() - started) * 1000, queue_ms=info.queue_ms)
@@ -234,6 +236,8 @@ class Engine:
                                                          request.uncertainty_threshold,
                                                          max_regions=request.max_review_regions)
         summary = summarize(maps, card.num_classes, request.uncertainty_threshold)
+        if "class_segments" in request.outputs:
+            described["class_segments"] = class_segments(maps.mask, summary.classes)
         encoded.update((output, future.result()) for output, future in pending.items())
         return dict(model=served.name, version=card.version, backend=served.backend, device=served.device,
                     height=int(maps.mask.shape[0]), width=int(maps.mask.shape[1]), summary=summary,

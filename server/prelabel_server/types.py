@@ -9,8 +9,9 @@ import numpy as np
 from prelabel_models.card import ModelCard
 from prelabel_models.postprocessing import MapSummary
 from prelabel_models.review import ReviewRegion
+from prelabel_models.segments import ClassSegment
 
-OUTPUTS = ("mask", "uncertainty", "probabilities", "review_regions")
+OUTPUTS = ("mask", "uncertainty", "probabilities", "review_regions", "class_segments")
 DEFAULT_OUTPUTS = frozenset({"mask", "uncertainty"})
 
 
@@ -74,6 +75,7 @@ class SegmentResult:
     uncertainty: EncodedArray | None = None
     probabilities: EncodedArray | None = None
     review_regions: list[ReviewRegion] | None = None
+    class_segments: list[ClassSegment] | None = None
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,7 @@ def test_a_stream_lost_mid_job_leaves_a_manifest_of_what_was_done_and_what_was_n
     try:
         with PreLabelClient(running.address, timeout=60, retries=1) as client:
             with pytest.raises(PrelabelError) as raised:
-                predict_files(client, images, out)
+                predict_files(client, images, out, coco=True)
     finally:
         if not stopped:
             running.stop(grace=0)
@@ -169,6 +169,8 @@ def test_a_stream_lost_mid_job_leaves_a_manifest_of_what_was_done_and_what_was_n
     for entry in finished:
         assert set(entry) == {"image", *FILE_KEYS} and all(Path(path).is_file() for path in _listed_files(entry))
     assert all(entry["error"].startswith("not processed: ") for entry in failed)
+    coco = json.loads((out / "coco.json").read_text())  # written for the images done before the stream died
+    assert [image["file_name"] for image in coco["images"]] == [entry["image"] for entry in finished]
 
 
 def test_odd_inputs_get_an_overlay_that_lines_up_with_their_mask(onnx_client: PreLabelClient, small_camvid_rgb,
@@ -267,3 +269,33 @@ def test_a_name_that_is_not_utf8_is_printed_escaped(onnx_server: RunningServer, 
                          env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     assert "1 images pre-annotated" in run.stdout and "FAILED" in run.stdout and "caf\\udce9.png" in run.stdout
+
+
+def test_a_coco_job_writes_every_written_image_s_classes_as_rle(onnx_client: PreLabelClient, camvid_val_images,
+                                                                 tmp_path: Path) -> None:
+    """``predict --coco``: one COCO file that pycocotools loads, one annotation per class present,
+    each decoding to that class's pixels in the image's palette mask; a failed image is not in it."""
+    from PIL import Image
+    from pycocotools.coco import COCO
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    images = [camvid_val_images[0], broken, camvid_val_images[4]]
+    out = tmp_path / "out"
+    report = predict_files(onnx_client, images, out, coco=True)
+    assert (report.written, report.failed) == (2, 1) and report.coco_file == out / "coco.json"
+    assert "COCO file" in report.describe()
+    coco = COCO(str(report.coco_file))
+    names = {category["name"] for category in coco.loadCats(coco.getCatIds())}
+    assert names == {name for _, name, _ in onnx_client.model().classes}
+    assert [image["file_name"] for image in coco.dataset["images"]] == [str(camvid_val_images[0]),
+                                                                       str(camvid_val_images[4])]
+    for entry, image in zip([e for e in _manifest(out) if "error" not in e], coco.dataset["images"]):
+        mask = np.asarray(Image.open(entry["mask"]))  # the palette PNG's indices are the class ids
+        assert (image["height"], image["width"]) == mask.shape
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]]))
+        assert sorted(a["category_id"] - 1 for a in annotations) == np.unique(mask).tolist()
+        for annotation in annotations:
+            np.testing.assert_array_equal(coco.annToMask(annotation).astype(bool),
+                                          mask == annotation["category_id"] - 1)
+            assert 0 < annotation["score"] <= 1 and annotation["area"] == coco.annToMask(annotation).sum()

@@ -33,3 +33,9 @@ def test_readme_client_example_runs(onnx_server: RunningServer, capsys) -> None:
 def test_readme_raw_pixels_example_runs(onnx_server: RunningServer, capsys) -> None:
     run_example("send `raw` pixels and ask for raw maps", onnx_server)
     assert capsys.readouterr().out.startswith("(360, 480) ")
+
+
+def test_readme_class_segments_example_runs(onnx_server: RunningServer, capsys) -> None:
+    run_example("**Per-class masks for annotation tools**", onnx_server)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(line.endswith("(360, 480)") for line in lines)

@@ -8,6 +8,7 @@ from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto.errors import InvalidInput
 from prelabel_models.postprocessing import MapSummary
 from prelabel_models.review import ReviewRegion
+from prelabel_models.segments import ClassSegment
 from prelabel_server.types import (
     DEFAULT_OUTPUTS,
     EncodedArray,
@@ -20,7 +21,7 @@ from prelabel_server.types import (
 )
 
 _OUTPUTS = {pb.OUTPUT_MASK: "mask", pb.OUTPUT_UNCERTAINTY: "uncertainty", pb.OUTPUT_PROBABILITIES: "probabilities",
-            pb.OUTPUT_REVIEW_REGIONS: "review_regions"}
+            pb.OUTPUT_REVIEW_REGIONS: "review_regions", pb.OUTPUT_CLASS_SEGMENTS: "class_segments"}
 _MEASURES = {pb.UNCERTAINTY_MEASURE_UNSPECIFIED: "entropy", pb.UNCERTAINTY_MEASURE_ENTROPY: "entropy",
              pb.UNCERTAINTY_MEASURE_MARGIN: "margin", pb.UNCERTAINTY_MEASURE_LEAST_CONFIDENCE: "least_confidence",
              pb.UNCERTAINTY_MEASURE_MC_ENTROPY: "mc_entropy",
@@ -111,6 +112,12 @@ def _review_region(region: ReviewRegion) -> pb.ReviewRegion:
                            mean_uncertainty=region.mean_uncertainty, expected_errors=region.expected_errors)
 
 
+def _class_segment(segment: ClassSegment, class_names: list[str]) -> pb.ClassSegment:
+    x, y, width, height = segment.bbox
+    return pb.ClassSegment(class_id=segment.class_id, name=class_names[segment.class_id], rle_counts=segment.rle_counts,
+                           area=segment.area, x=x, y=y, width=width, height=height, score=segment.score)
+
+
 def _array(array: EncodedArray | None) -> pb.EncodedArray | None:
     if array is None:
         return None
@@ -124,6 +131,7 @@ def predict_response(result: SegmentResult) -> pb.PredictResponse:
         height=result.height, width=result.width, tiles=result.tiles, batch_size=result.batch_size,
         mask=_array(result.mask), uncertainty=_array(result.uncertainty), probabilities=_array(result.probabilities),
         review_regions=[_review_region(r) for r in result.review_regions or ()],
+        class_segments=[_class_segment(s, result.class_names) for s in result.class_segments or ()],
         summary=pb.Summary(
             mean_uncertainty=summary.mean_uncertainty, uncertain_fraction=summary.uncertain_fraction,
             uncertainty_threshold=summary.uncertainty_threshold, uncertainty_measure=_MEASURE_ENUMS[result.measure],

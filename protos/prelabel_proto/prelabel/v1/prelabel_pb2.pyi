@@ -14,6 +14,7 @@ class Output(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTPUT_UNCERTAINTY: _ClassVar[Output]
     OUTPUT_PROBABILITIES: _ClassVar[Output]
     OUTPUT_REVIEW_REGIONS: _ClassVar[Output]
+    OUTPUT_CLASS_SEGMENTS: _ClassVar[Output]
 
 class UncertaintyMeasure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -46,6 +47,7 @@ OUTPUT_MASK: Output
 OUTPUT_UNCERTAINTY: Output
 OUTPUT_PROBABILITIES: Output
 OUTPUT_REVIEW_REGIONS: Output
+OUTPUT_CLASS_SEGMENTS: Output
 UNCERTAINTY_MEASURE_UNSPECIFIED: UncertaintyMeasure
 UNCERTAINTY_MEASURE_ENTROPY: UncertaintyMeasure
 UNCERTAINTY_MEASURE_MARGIN: UncertaintyMeasure
@@ -135,6 +137,28 @@ class ReviewRegion(_message.Message):
     class_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., polygon: _Optional[_Iterable[int]] = ..., area: _Optional[int] = ..., mean_uncertainty: _Optional[float] = ..., expected_errors: _Optional[float] = ..., class_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class ClassSegment(_message.Message):
+    __slots__ = ("class_id", "name", "rle_counts", "area", "x", "y", "width", "height", "score")
+    CLASS_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RLE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    AREA_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    class_id: int
+    name: str
+    rle_counts: bytes
+    area: int
+    x: int
+    y: int
+    width: int
+    height: int
+    score: float
+    def __init__(self, class_id: _Optional[int] = ..., name: _Optional[str] = ..., rle_counts: _Optional[bytes] = ..., area: _Optional[int] = ..., x: _Optional[int] = ..., y: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+
 class EncodedArray(_message.Message):
     __slots__ = ("data", "format", "shape")
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -188,7 +212,7 @@ class Timings(_message.Message):
     def __init__(self, decode_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "model_version", "backend", "device", "height", "width", "mask", "uncertainty", "probabilities", "summary", "timings", "tiles", "batch_size", "review_regions")
+    __slots__ = ("model", "model_version", "backend", "device", "height", "width", "mask", "uncertainty", "probabilities", "summary", "timings", "tiles", "batch_size", "review_regions", "class_segments")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +227,7 @@ class PredictResponse(_message.Message):
     TILES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     REVIEW_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: str
     backend: str
@@ -217,7 +242,8 @@ class PredictResponse(_message.Message):
     tiles: int
     batch_size: int
     review_regions: _containers.RepeatedCompositeFieldContainer[ReviewRegion]
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., mask: _Optional[_Union[EncodedArray, _Mapping]] = ..., uncertainty: _Optional[_Union[EncodedArray, _Mapping]] = ..., probabilities: _Optional[_Union[EncodedArray, _Mapping]] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., tiles: _Optional[int] = ..., batch_size: _Optional[int] = ..., review_regions: _Optional[_Iterable[_Union[ReviewRegion, _Mapping]]] = ...) -> None: ...
+    class_segments: _containers.RepeatedCompositeFieldContainer[ClassSegment]
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., mask: _Optional[_Union[EncodedArray, _Mapping]] = ..., uncertainty: _Optional[_Union[EncodedArray, _Mapping]] = ..., probabilities: _Optional[_Union[EncodedArray, _Mapping]] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., tiles: _Optional[int] = ..., batch_size: _Optional[int] = ..., review_regions: _Optional[_Iterable[_Union[ReviewRegion, _Mapping]]] = ..., class_segments: _Optional[_Iterable[_Union[ClassSegment, _Mapping]]] = ...) -> None: ...
 
 class PredictStreamRequest(_message.Message):
     __slots__ = ("id", "request")
