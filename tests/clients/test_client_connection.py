@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from prelabel_client import InvalidInput, ModelUnavailable, PreLabelClient
 from prelabel_proto import SERVICE_NAME
+from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto import prelabel_pb2_grpc as pb_grpc
 from prelabel_proto.errors import DeadlineExceeded, FailedPrecondition, Unauthenticated
 from prelabel_server.grpc_api.server import RunningServer
@@ -59,6 +60,21 @@ class TestTokenAuth:
             assert client.predict(small_camvid_png).mask.shape == (101, 133)
             assert [r.ok for r in client.predict_many([small_camvid_png] * 2)] == [True, True]
             assert client.model().name == "deeplab"
+
+    @pytest.mark.parametrize("header,served", [(f"bearer {TOKEN}", True), (f"BEARER {TOKEN}", True),
+                                               (f"Basic {TOKEN}", False), (TOKEN, False), (f"Bearer  {TOKEN}", False)])
+    def test_the_scheme_is_case_insensitive_and_the_token_exact(self, secured: RunningServer, header: str,
+                                                                served: bool) -> None:
+        """Gateways and SDKs that send ``bearer`` were refused (RFC 7235: the scheme is
+        case-insensitive)."""
+        with grpc.insecure_channel(secured.address) as channel:
+            stub = pb_grpc.PrelabelServiceStub(channel)
+            try:
+                stub.ListModels(pb.ListModelsRequest(), metadata=[("authorization", header)], timeout=30)
+            except grpc.RpcError as exc:
+                assert not served and exc.code() == grpc.StatusCode.UNAUTHENTICATED
+            else:
+                assert served
 
     def test_health_and_reflection_stay_open(self, secured: RunningServer) -> None:
         with grpc.insecure_channel(secured.address) as channel:

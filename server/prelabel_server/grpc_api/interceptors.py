@@ -68,13 +68,15 @@ class TokenInterceptor(grpc.ServerInterceptor):
     _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method.startswith(self._OPEN_PREFIXES):
             return continuation(handler_call_details)
         sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(sent.encode(), self._expected):
+        scheme, _, token = sent.partition(" ")
+        # the scheme is case-insensitive (RFC 7235): some gateways and SDKs send "bearer"
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self._expected):
             return continuation(handler_call_details)
         handler = continuation(handler_call_details)
 
