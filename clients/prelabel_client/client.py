@@ -25,7 +25,14 @@ from prelabel_client.results import (
 from prelabel_proto import SERVICE_NAME
 from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto import prelabel_pb2_grpc as pb_grpc
-from prelabel_proto.errors import DeadlineExceeded, InvalidInput, PrelabelError, ResourceExhausted, error_for_code
+from prelabel_proto.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelUnavailable,
+    PrelabelError,
+    ResourceExhausted,
+    error_for_code,
+)
 
 ImageInput = Union[str, Path, bytes, np.ndarray]
 ResultT = TypeVar("ResultT")
@@ -34,8 +41,10 @@ _OUTPUT_ENUMS = {"mask": pb.OUTPUT_MASK, "uncertainty": pb.OUTPUT_UNCERTAINTY, "
                  "review_regions": pb.OUTPUT_REVIEW_REGIONS, "class_segments": pb.OUTPUT_CLASS_SEGMENTS}
 _MEASURE_ENUMS = {name.removeprefix("UNCERTAINTY_MEASURE_").lower(): value
                   for name, value in pb.UncertaintyMeasure.items() if value != pb.UNCERTAINTY_MEASURE_UNSPECIFIED}
-_FORMAT_ENUMS = {"png_uint8": pb.ARRAY_FORMAT_PNG_UINT8, "png_uint16": pb.ARRAY_FORMAT_PNG_UINT16,
-                 "raw_uint8": pb.ARRAY_FORMAT_RAW_UINT8, "raw_float16": pb.ARRAY_FORMAT_RAW_FLOAT16}
+_MASK_FORMATS = {"png_uint8": pb.ARRAY_FORMAT_PNG_UINT8, "raw_uint8": pb.ARRAY_FORMAT_RAW_UINT8}
+_UNCERTAINTY_FORMATS = {"png_uint8": pb.ARRAY_FORMAT_PNG_UINT8, "png_uint16": pb.ARRAY_FORMAT_PNG_UINT16,
+                        "raw_float16": pb.ARRAY_FORMAT_RAW_FLOAT16}
+_PROBABILITIES_FORMATS = {"raw_float16": pb.ARRAY_FORMAT_RAW_FLOAT16, "raw_uint8": pb.ARRAY_FORMAT_RAW_UINT8}
 
 
 # What gRPC's server answers, by itself, to a call over its concurrent-call limit.
@@ -43,18 +52,34 @@ _GRPC_CALL_LIMIT = "Concurrent RPC limit exceeded!"
 _GRPC_SIZE_LIMIT = "larger than max"  # "Received message larger than max (N vs. M)", from either side
 
 
-def _error_from(exc: grpc.RpcError) -> PrelabelError:
-    """The PrelabelError for a failed call. gRPC's own refusal at the server's call limit says
-    nothing of what to do, so it gets the setting and the remedy added."""
-    details = exc.details() or ""
-    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and details == _GRPC_CALL_LIMIT:
+def _error_from(exc: grpc.RpcError, timeout: float | None = None) -> PrelabelError:
+    """The PrelabelError for a failed call. gRPC's own messages for its limits (calls, message
+    size, deadline) say nothing of what to do, so they get the setting and the remedy added."""
+    details, code = exc.details() or "", exc.code()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and details == _GRPC_CALL_LIMIT:
         details = (f"{details} The server already holds as many calls as it admits (its setting "
                    "PRELABEL_MAX_CONCURRENT_RPCS): retry later, or send fewer calls at once")
-    elif exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _GRPC_SIZE_LIMIT in details:
-        details = (f"{details}. A message was over the server's size limit (PRELABEL_MAX_MESSAGE_BYTES), which "
-                   "fails the whole call: raise it, or give PreLabelClient the same max_message_bytes, so that "
-                   "predict_many reports such an image alone and goes on")
-    return error_for_code(exc.code(), details)
+    elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and _GRPC_SIZE_LIMIT in details:
+        details = f"{details}. {_size_limit_remedy(details)}"
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded" and timeout:
+        details = (f"no answer within the call's timeout of {timeout:g} s: raise it (PreLabelClient(timeout=...) "
+                   "or the call's timeout=...); large images are tiled and take longer")
+    return error_for_code(code, details)
+
+
+def _size_limit_remedy(details: str) -> str:
+    """Which limit a message broke, from gRPC's own words, and what to change."""
+    if "CLIENT: Received" in details:
+        return ("The response was over this client's max_message_bytes: ask for fewer or smaller outputs "
+                "(e.g. probabilities as raw_uint8), or raise max_message_bytes up to the server's "
+                "PRELABEL_MAX_MESSAGE_BYTES")
+    if "CLIENT: Sent" in details:
+        return ("The request was over this client's max_message_bytes: send a smaller image, encoded (PNG or "
+                "JPEG) rather than as raw pixels, or raise max_message_bytes and the server's "
+                "PRELABEL_MAX_MESSAGE_BYTES")
+    return ("A message was over the server's size limit (PRELABEL_MAX_MESSAGE_BYTES), which fails the whole "
+            "call: raise it, or give PreLabelClient the same max_message_bytes, so that predict_many reports "
+            "such an image alone and goes on")
 
 
 def _choice(names: dict[str, int], name: str, option: str) -> int:
@@ -63,6 +88,15 @@ def _choice(names: dict[str, int], name: str, option: str) -> int:
         return names[name]
     except KeyError:
         raise ValueError(f"unknown {option} {name!r}: choose from {sorted(names)}") from None
+
+
+def _set_number(message: Message, option: str, value: object) -> None:
+    """Sets a numeric field; a value its type cannot hold (a negative count) names the option,
+    where protobuf's own error ("Value out of range: -1") does not."""
+    try:
+        setattr(message, option, value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{option} cannot be {value!r}: {exc}") from None
 
 
 def _check_window(window: int) -> None:
@@ -135,6 +169,7 @@ class PreLabelClient:
         else:
             self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.PrelabelServiceStub(self._channel)
+        self._target = target
         self._max_message_bytes = max_message_bytes
         self._timeout = timeout
         self._stream_idle_timeout = stream_idle_timeout
@@ -154,7 +189,12 @@ class PreLabelClient:
         return self._channel
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        """Waits for the channel to connect; ModelUnavailable if no server answers in ``timeout`` s."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise ModelUnavailable(f"no server answered at {self._target} within {timeout} s: "
+                                   "is `prelabel serve` running there, on that port?") from None
 
     def request(self, image: ImageInput, *, model: str = "", model_version: str = "",
                 outputs: Iterable[str] = ("mask", "uncertainty"), measure: str = "entropy",
@@ -162,25 +202,26 @@ class PreLabelClient:
                 probabilities_format: str = "raw_float16", uncertainty_threshold: float | None = None,
                 mc_samples: int | None = None, mc_seed: int = 0,
                 max_review_regions: int | None = None) -> pb.PredictRequest:
-        """Builds the PredictRequest that ``predict`` sends (useful to send many alike)."""
+        """Builds the PredictRequest that ``predict`` sends (useful to send many alike). ``outputs``
+        may also be a single name."""
         message = pb.PredictRequest(
             model=model, model_version=model_version, image=image_message(image),
-            outputs=[_choice(_OUTPUT_ENUMS, o, "output") for o in outputs],
+            outputs=[_choice(_OUTPUT_ENUMS, o, "output") for o in ((outputs,) if isinstance(outputs, str) else outputs)],
             uncertainty_measure=_choice(_MEASURE_ENUMS, measure, "measure"),
-            mask_format=_choice(_FORMAT_ENUMS, mask_format, "mask_format"),
-            uncertainty_format=_choice(_FORMAT_ENUMS, uncertainty_format, "uncertainty_format"),
-            probabilities_format=_choice(_FORMAT_ENUMS, probabilities_format, "probabilities_format"), mc_seed=mc_seed)
-        if uncertainty_threshold is not None:
-            message.uncertainty_threshold = uncertainty_threshold
-        if mc_samples is not None:
-            message.mc_samples = mc_samples
-        if max_review_regions is not None:
-            message.max_review_regions = max_review_regions
+            mask_format=_choice(_MASK_FORMATS, mask_format, "mask_format"),
+            uncertainty_format=_choice(_UNCERTAINTY_FORMATS, uncertainty_format, "uncertainty_format"),
+            probabilities_format=_choice(_PROBABILITIES_FORMATS, probabilities_format, "probabilities_format"))
+        _set_number(message, "mc_seed", mc_seed)
+        for option, value in (("uncertainty_threshold", uncertainty_threshold), ("mc_samples", mc_samples),
+                              ("max_review_regions", max_review_regions)):
+            if value is not None:
+                _set_number(message, option, value)
         return message
 
     def predict(self, image: ImageInput, *, timeout: float | None = None, **options: object) -> Prediction:
         """Pre-annotates one image. Options are those of ``request``."""
-        return prediction_from_response(self._call(self._stub.Predict, self.request(image, **options), timeout))
+        message = self._sendable(self.request(image, **options), "the image")
+        return prediction_from_response(self._call(self._stub.Predict, message, timeout))
 
     def predict_many(self, images: Iterable[ImageInput], *, window: int = 8, raise_on_error: bool = True,
                      timeout: float | None = None, **options: object) -> Iterator[Prediction | FailedPrediction]:
@@ -243,7 +284,7 @@ class PreLabelClient:
                     if finished.is_set():
                         return
                 try:
-                    message = self._sendable(build(str(index), image), index)
+                    message = self._sendable(build(str(index), image), f"input {index}")
                 except (OSError, TypeError, ValueError) as exc:
                     unsent[index] = InvalidInput(f"input {index} cannot be sent: {exc}")
                 except ResourceExhausted as exc:
@@ -297,15 +338,17 @@ class PreLabelClient:
         if input_error:
             raise input_error[0]
 
-    def _sendable(self, message: Message, index: int) -> Message:
+    def _sendable(self, message: Message, what: str) -> Message:
         """``message``, unless it is over the message limit: gRPC would then fail the whole stream,
-        and every image after this one would be lost with it."""
+        and every image after this one would be lost with it (and say only "Sent message larger
+        than max" of a single call)."""
         size = message.ByteSize()
         if size > self._max_message_bytes:
-            raw = message.request.image.WhichOneof("source") == "raw"
+            request = message if isinstance(message, pb.PredictRequest) else message.request
+            raw = request.image.WhichOneof("source") == "raw"
             remedy = "send it encoded (PNG or JPEG) rather than as raw pixels" if raw else "send a smaller image"
             raise ResourceExhausted(
-                f"input {index} makes a {size}-byte message, over the limit of {self._max_message_bytes} bytes "
+                f"{what} makes a {size}-byte message, over the limit of {self._max_message_bytes} bytes "
                 f"(PreLabelClient's max_message_bytes; the server's is PRELABEL_MAX_MESSAGE_BYTES): {remedy}, "
                 "or raise both limits")
         return message
@@ -331,10 +374,11 @@ class PreLabelClient:
         return model_info_from_message(response.model), response.previous_version
 
     def _call(self, method, message, timeout: float | None):
+        timeout = timeout or self._timeout
         try:
-            return method(message, timeout=timeout or self._timeout, metadata=self._metadata)
+            return method(message, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
-            raise _error_from(exc) from exc
+            raise _error_from(exc, timeout) from exc
 
 
 class _IdleWatch:

@@ -103,8 +103,9 @@ def test_requests_refused_for_their_options_are_counted(onnx_server: RunningServ
 class TestDeadlinesAndRetries:
     def test_a_passed_deadline_raises_and_the_server_keeps_serving(self, onnx_client: PreLabelClient,
                                                                    camvid_val_images, small_camvid_png: bytes) -> None:
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineExceeded, match="timeout of 0.001 s: raise it") as raised:
             onnx_client.predict(camvid_val_images[0], timeout=0.001)
+        assert "tiled" in raised.value.message  # gRPC's own text was "Deadline Exceeded" alone
         assert onnx_client.predict(small_camvid_png).ok
 
     def test_permanent_errors_are_not_retried(self, onnx_server: RunningServer, small_camvid_png: bytes) -> None:
@@ -144,6 +145,12 @@ class TestDeadlinesAndRetries:
     def test_no_server_is_unavailable(self) -> None:
         with PreLabelClient("127.0.0.1:1", retries=0, timeout=10) as client, pytest.raises(ModelUnavailable):
             client.models()
+
+    def test_waiting_for_no_server_says_where_it_waited(self) -> None:
+        """``wait_ready`` raised grpc's bare FutureTimeoutError(), which no PrelabelError handler catches."""
+        address = f"127.0.0.1:{_closed_port()}"
+        with PreLabelClient(address) as client, pytest.raises(ModelUnavailable, match=f"no server answered at {address}"):
+            client.wait_ready(0.5)
 
 
 def _closed_port() -> int:

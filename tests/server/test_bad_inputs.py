@@ -100,6 +100,11 @@ CASES: dict[str, tuple[Callable[[bytes], pb.PredictRequest], grpc.StatusCode, tu
     "format-not-for-masks": (lambda png: _request(png, mask_format=pb.ARRAY_FORMAT_RAW_FLOAT16), INVALID,
                              ("ARRAY_FORMAT_RAW_FLOAT16", "mask", "ARRAY_FORMAT_PNG_UINT8")),
     "threshold-out-of-range": (lambda png: _request(png, uncertainty_threshold=1.5), INVALID, ("(0, 1)", "1.5")),
+    # an unknown format lists the formats of that output alone, not all four
+    "unknown-mask-format": (lambda png: _request(png, mask_format=42), INVALID,
+                            ("mask_format = 42", "['ARRAY_FORMAT_PNG_UINT8', 'ARRAY_FORMAT_RAW_UINT8']")),
+    "unknown-uncertainty-format": (lambda png: _request(png, uncertainty_format=42), INVALID,
+                                   ("['ARRAY_FORMAT_PNG_UINT8', 'ARRAY_FORMAT_PNG_UINT16', 'ARRAY_FORMAT_RAW_FLOAT16']",)),
 }
 
 
@@ -152,6 +157,25 @@ def test_more_unreadable_inputs_than_the_window_are_each_reported_and_the_stream
                                             raise_on_error=False, timeout=30))
     assert [r.ok for r in results] == [False, False, False, True, False, True]
     assert all("cannot be sent" in results[i].error.message for i in (0, 1, 2, 4))
+
+
+@pytest.mark.parametrize("options,says", [
+    ({"mask_format": "png_uint16"}, "unknown mask_format 'png_uint16': choose from ['png_uint8', 'raw_uint8']"),
+    ({"probabilities_format": "png_uint8"}, "choose from ['raw_float16', 'raw_uint8']"),
+    ({"mc_samples": -1}, "mc_samples cannot be -1"),
+    ({"max_review_regions": -3}, "max_review_regions cannot be -3"),
+])
+def test_options_the_client_cannot_send_name_the_option(onnx_client: PreLabelClient, small_camvid_png: bytes,
+                                                        options: dict, says: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        onnx_client.predict(small_camvid_png, **options)
+    assert says in str(raised.value)
+
+
+def test_a_single_output_may_be_named_alone(onnx_client: PreLabelClient, small_camvid_png: bytes) -> None:
+    """``outputs="mask"`` was iterated letter by letter: "unknown output 'm'"."""
+    prediction = onnx_client.predict(small_camvid_png, outputs="mask")
+    assert prediction.mask is not None and prediction.uncertainty is None
 
 
 def test_a_stream_with_no_image_allowed_in_flight_is_refused_before_it_opens(onnx_client: PreLabelClient,
@@ -216,6 +240,20 @@ class TestLimits:
         assert [r.ok for r in results] == [True, False, True]
         assert results[1].error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_message_bytes" in results[1].error.message and "raw pixels" in results[1].error.message
+
+    def test_a_single_call_over_the_clients_own_limits_says_which_limit(self, onnx_server: RunningServer,
+                                                                        small_camvid_rgb) -> None:
+        """Both used to blame the server's PRELABEL_MAX_MESSAGE_BYTES and give advice for streams."""
+        small_png = cv2.imencode(".png", small_camvid_rgb[:40, :60])[1].tobytes()
+        assert len(small_png) < 30_000 < small_camvid_rgb.nbytes
+        with PreLabelClient(onnx_server.address, timeout=60, max_message_bytes=30_000) as client:
+            with pytest.raises(ResourceExhausted, match="the image makes a .*raw pixels") as raised:
+                client.predict(small_camvid_rgb)  # 40 kB of raw pixels: refused before it is sent
+            assert "predict_many" not in raised.value.message
+            # 11 x 40 x 60 float16 probabilities: 53 kB back
+            with pytest.raises(ResourceExhausted, match="response was over this client's max_message_bytes"):
+                client.predict(small_png, outputs=("probabilities",))
+            assert client.predict(small_png).mask.shape == (40, 60)
 
     def test_a_stream_failed_by_the_servers_size_limit_says_what_to_set(self, limited_server, camvid_val_images,
                                                                        small_camvid_png: bytes) -> None:

@@ -9,6 +9,7 @@ from prelabel_proto.errors import InvalidInput
 from prelabel_models.postprocessing import MapSummary
 from prelabel_models.review import ReviewRegion
 from prelabel_models.segments import ClassSegment
+from prelabel_server import encoding
 from prelabel_server.types import (
     DEFAULT_OUTPUTS,
     EncodedArray,
@@ -44,7 +45,15 @@ def _enum_value(table: dict[int, str], value: int, field: str, enum: str) -> str
 
 
 def _format(value: int, default: str, field: str) -> str:
-    return default if value == pb.ARRAY_FORMAT_UNSPECIFIED else _enum_value(_FORMATS, value, field, "ArrayFormat")
+    """The format's name; an unknown value is refused with the formats of that output alone."""
+    if value == pb.ARRAY_FORMAT_UNSPECIFIED:
+        return default
+    output = field.removesuffix("_format")
+    if value in _FORMATS:
+        encoding.check_format(output, _FORMATS[value])
+        return _FORMATS[value]
+    offered = {number: name for number, name in _FORMATS.items() if name in encoding.ENCODERS[output]}
+    return _enum_value(offered, value, field, "ArrayFormat")
 
 
 def _outputs(values: list[int]) -> frozenset[str]:
