@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +17,11 @@ def default_model_repository() -> Path:
     import prelabel_models
 
     return Path(prelabel_models.__file__).resolve().parents[1]
+
+
+# Read by the command-line client, not the server: allowed beside the server's own variables.
+CLIENT_VARIABLES = frozenset({"PRELABEL_SERVER", "PRELABEL_TOKEN"})
+_DEVICE = re.compile(r"(cpu|cuda(:\d+)?)")
 
 
 class ServerSettings(BaseSettings):
@@ -81,6 +89,26 @@ class ServerSettings(BaseSettings):
         if 0 < seconds < 0.1:
             raise ValueError("polling more often than every 0.1 s would keep a core busy: use 0 (off) or 0.1 or more")
         return seconds
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, device: str) -> str:
+        if device and not _DEVICE.fullmatch(device):
+            raise ValueError(f"{device!r} is not a device: use cpu, cuda or cuda:N (or leave it empty for the "
+                             "backend's choice)")
+        return device
+
+    @model_validator(mode="after")
+    def _no_unknown_variables(self) -> "ServerSettings":
+        """pydantic-settings ignores environment variables that match no field, so a misspelled one
+        (PRELABEL_AUTH_TOKENS) silently left its setting at the default: there, no authentication."""
+        known = {f"PRELABEL_{name.upper()}" for name in type(self).model_fields} | CLIENT_VARIABLES
+        unknown = sorted(name for name in os.environ if name.startswith("PRELABEL_") and name not in known)
+        if unknown:
+            hints = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, known, 1))
+                     else name for name in unknown]
+            raise ValueError(f"unknown setting {', '.join(hints)}: unset it, or see README's settings table")
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "ServerSettings":

@@ -31,6 +31,11 @@ def _prelabel(*args: str, **env: str) -> subprocess.CompletedProcess:
     (("serve",), {"PRELABEL_REPOSITORY_POLL_SECONDS": "0.000001"}, "use 0 (off) or 0.1 or more"),
     (("serve",), {"PRELABEL_TLS_CERTIFICATE": "cert.pem"}, "TLS needs both PRELABEL_TLS_CERTIFICATE and"),
     (("serve",), {"PRELABEL_INFERENCE_THREADS": "100000"}, "PRELABEL_INFERENCE_THREADS: Input should be less than"),
+    # a misspelled variable was ignored: this one served with no authentication at all
+    (("serve",), {"PRELABEL_AUTH_TOKENS": "s3cret"},
+     "unknown setting PRELABEL_AUTH_TOKENS (did you mean PRELABEL_AUTH_TOKEN?)"),
+    # served on the CPU while reporting the device as "banana"
+    (("serve", "--device", "banana"), {}, "'banana' is not a device: use cpu, cuda or cuda:N"),
     (("models", "--timeout", "inf"), {}, "--timeout: must be more than 0 and less than 1e9 seconds"),
     (("train", "--config", "c.toml", "--data", "d", "--out", "o", "--epochs", "0"), {}, "--epochs: must be 1 or more"),
     (("evaluate", "models/camvid", "--data", "d", "--threads", "-1"), {}, "--threads: must be 1 or more"),
@@ -103,3 +108,12 @@ def test_unusable_training_configs_get_one_line(edit, says: str, repo_root: Path
     code = main(["train", "--config", str(config), "--data", str(tmp_path), "--out", str(tmp_path / "out")])
     error = capsys.readouterr().err
     assert code == 2 and says in error and len(error.strip().splitlines()) == 1, error
+
+
+def test_the_command_line_clients_own_variables_are_not_unknown_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prelabel_server.settings import ServerSettings
+
+    monkeypatch.setenv("PRELABEL_SERVER", "127.0.0.1:50051")
+    monkeypatch.setenv("PRELABEL_TOKEN", "s3cret")
+    monkeypatch.setenv("PRELABEL_DEVICE", "cuda:1")
+    assert ServerSettings().device == "cuda:1"

@@ -39,6 +39,7 @@ def test_sigterm_delivered_to_another_thread_stops_the_server(model_repository: 
         process.stdin.flush()
         _, stderr = process.communicate(timeout=30)
         assert process.returncode == 0, stderr[-3000:]
+        assert "stopping: calls in flight get 5 s to finish" in stderr and stderr.rstrip().endswith("stopped")
     finally:
         if process.poll() is None:
             process.kill()

@@ -138,7 +138,7 @@ def _tls_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
 
 def _start_metrics(settings: ServerSettings) -> None:
     try:
-        start_metrics_server(settings.metrics_port, settings.host)
+        start_metrics_server(settings.metrics_port, settings.host.strip("[]"))  # the HTTP server takes no brackets
     except OSError as exc:
         raise OSError(f"cannot serve metrics on {settings.host}:{settings.metrics_port} ({exc.strerror or exc}): "
                       "choose another PRELABEL_METRICS_PORT, or 0 for none") from None
@@ -188,9 +188,14 @@ def serve(settings: ServerSettings) -> None:
     running = start_server(settings)
     for status in running.engine.models():
         log.info("model %-20s %-7s %s %s %s", status.name, status.state, status.backend, status.device, status.error)
-    print(f"prelabel serving on {running.address} (default model: {running.engine.registry.default_name or 'none'})", flush=True)
+    listening = _host_port(settings.host, running.port)
+    if settings.host.strip("[]") in ("0.0.0.0", "::"):
+        listening += " (all interfaces)"
+    print(f"prelabel serving on {listening} (default model: {running.engine.registry.default_name or 'none'})",
+          flush=True)
     if not running.engine.registry.default_name:
-        log.warning("no model is ready: health is NOT_SERVING until a package loads (fix it, then ReloadModel)")
+        log.warning("no model is ready in %s: health is NOT_SERVING until a package loads (fix it, then "
+                    "ReloadModel; PRELABEL_MODEL_REPOSITORY names another folder)", settings.model_repository)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -199,4 +204,6 @@ def serve(settings: ServerSettings) -> None:
     # handler (seen with CUDA's threads on an H100: SIGTERM ignored). Waking each second lets it.
     while not stop.wait(timeout=1.0):
         pass
+    log.info("stopping: calls in flight get %g s to finish (PRELABEL_GRACE_SECONDS)", settings.grace_seconds)
     running.stop()
+    log.info("stopped")
