@@ -58,6 +58,7 @@ class ModelRegistry:
         self._reload_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._unloadable: dict[Path, tuple] = {}  # fingerprints of package versions that failed to load
+        self._chosen_default = ""  # without PRELABEL_DEFAULT_MODEL: the default, kept while it can serve
 
     def load_all(self) -> None:
         for folder in find_packages(self._settings.model_repository):
@@ -232,10 +233,21 @@ class ModelRegistry:
 
     @property
     def default_name(self) -> str:
+        """PRELABEL_DEFAULT_MODEL, else the first ready model by name, chosen once and kept while it
+        is ready: a package added later whose name sorts first took every request that names no
+        model from the one the operator saw at start-up, and nothing said so."""
         if self._settings.default_model:
             return self._settings.default_model
-        ready = [m.name for m in self.all() if m.state == "ready"]
-        return ready[0] if ready else ""
+        with self._lock:
+            chosen = self._models.get(self._chosen_default)
+            if chosen is not None and chosen.state == "ready":
+                return chosen.name
+            ready = sorted(name for name, m in self._models.items() if m.state == "ready")
+            previous, self._chosen_default = self._chosen_default, ready[0] if ready else ""
+        if previous and previous != self._chosen_default:
+            log.warning("default model is now %r: %r is no longer ready (set PRELABEL_DEFAULT_MODEL to fix the "
+                        "default)", self._chosen_default or None, previous)
+        return self._chosen_default
 
     def metric_label(self, name: str) -> str:
         """The model name for metrics labels; unknown names collapse into one label."""

@@ -36,7 +36,7 @@ class ServerSettings(BaseSettings):
         "over them). Off: a port already in use is a startup error, not a second server beside the first."))
     model_repository: Path = Field(default_factory=default_model_repository,
                                    description="Folder whose sub-folders are model packages.")
-    default_model: str = Field(default="", description="Model used when a request names none; empty: the first ready model by name.")
+    default_model: str = Field(default="", description="Model used when a request names none; empty: the first ready model by name, kept while it is ready.")
     backend: Literal["auto", "torch", "onnx"] = Field(default="auto", description="auto (torch on a GPU, onnx on the CPU), torch or onnx.")
     device: str = Field(default="", description="Device override, e.g. cpu, cuda:0; empty: the backend's choice.")
     fp16: bool = Field(default=False, description="fp16 autocast for the torch backend on CUDA.")

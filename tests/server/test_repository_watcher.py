@@ -73,6 +73,27 @@ def test_the_server_picks_up_a_new_version_by_itself(repository: Path, small_cam
         running.stop(grace=0)
 
 
+def test_a_package_added_later_does_not_take_over_the_default(repository: Path, model_repository: Path,
+                                                              caplog: pytest.LogCaptureFixture):
+    """Without PRELABEL_DEFAULT_MODEL the default was the first ready name on every request: a new
+    package named "aaa" took every request that names no model, silently."""
+    registry = ModelRegistry(ServerSettings(model_repository=repository, backend="onnx", batching=False))
+    registry.load_all()
+    watcher = RepositoryWatcher(registry, repository, interval_seconds=60)
+    assert registry.default_name == "watched"
+    ModelPackage.open(model_repository / "unet").copy_to(repository / "aaa", name="aaa")
+    watcher.poll()
+    assert watcher.poll() == ["aaa"] and registry.ready("aaa")
+    assert registry.default_name == "watched"
+    (repository / "watched" / "model.onnx").write_bytes(b"not a graph")  # the default's reload fails: it keeps serving
+    _rewrite_card(repository / "watched", version="2")
+    watcher.poll()
+    watcher.poll()
+    assert registry.default_name == "watched"
+    registry.close()
+    assert not [r for r in caplog.records if "default model is now" in r.getMessage()]
+
+
 # --- Packages the watcher must not trip over: copies of models/camvid (large files linked, card rewritten) ---
 
 def _camvid_package(repo_root: Path, folder: Path, **card: object) -> Path:
