@@ -94,9 +94,6 @@ class ModelRegistry:
             served.name, served.card = package.card.name, package.card
             backend = create_backend(self._settings.backend, package, device=self._settings.device or None,
                                      **self._backend_options())
-            check_mc_graphs = getattr(backend, "check_mc_graphs", None)  # ONNX Runtime loads them on first use
-            if check_mc_graphs is not None:
-                check_mc_graphs()
             if backend.device.startswith("cuda"):
                 backend = self.with_cpu_fallback(served, backend, package)
             served.predictor = Predictor(package.card, backend, tile_batch=self._settings.tile_batch,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,10 @@ OUTPUT_NAME = "logits"
 FEATURES_NAME = "features"
 MASK_NAME = "dropout_mask"
 EMBEDDING_NAME = "embedding"
+
+
+def _digests(graphs: tuple[bytes, ...]) -> tuple[str, ...]:
+    return tuple(hashlib.sha256(graph).hexdigest() for graph in graphs)
 
 
 class OnnxBackend:
@@ -44,6 +49,8 @@ class OnnxBackend:
         self.session = ort.InferenceSession(str(package.onnx_path), self._options, providers=providers)
         self.device = device
         self._split_sessions: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
+        self._split_digests: tuple[str, ...] | None = None  # of the graphs as they were at load
+        self._check_mc_graphs()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
@@ -68,28 +75,47 @@ class OnnxBackend:
         return head.run([OUTPUT_NAME], {FEATURES_NAME: np.ascontiguousarray(features, dtype=np.float32),
                                         MASK_NAME: np.ascontiguousarray(dropout_mask, dtype=np.float32)})[0]
 
-    def check_mc_graphs(self) -> None:
-        """Loads MC dropout's graphs once, where the package has them, and lets them go: graphs cut
-        short (a copy interrupted) then fail the package's load, and a reload keeps the old version
-        serving, instead of every MC request failing later. 0.4 s for the default model's."""
+    def _check_mc_graphs(self) -> None:
+        """Loads MC dropout's graphs once, where the package has them, and keeps only their digests
+        (the sessions would hold 70 MB for the default model until an MC request needs them):
+        graphs cut short (a copy interrupted) then fail the package's load, and a reload keeps the
+        old version serving, instead of every MC request failing later. 0.4 s for the default model's."""
         paths = (self._package.trunk_onnx_path, self._package.head_onnx_path)
         if all(path.is_file() for path in paths):
-            self._load_split(paths)
+            graphs = self._read_split(paths)
+            self._load_split(paths, graphs)
+            self._split_digests = _digests(graphs)
 
     def _split(self) -> tuple[ort.InferenceSession, ort.InferenceSession]:
-        """The trunk and masked-head graphs, loaded on first use (only MC dropout needs them)."""
+        """The trunk and masked-head graphs, loaded on first use (only MC dropout needs them), and
+        only as they were when this version loaded: files rewritten since belong to the next
+        version, and serving them under this one's name gave other numbers as version 1."""
         if self._split_sessions is None:
             paths = (self._package.trunk_onnx_path, self._package.head_onnx_path)
-            missing = [str(p) for p in paths if not p.is_file()]
-            if missing:
-                raise ModelPackageError(f"MC dropout needs {missing}: run `prelabel export {self._package.folder}` "
-                                        "(written for models with head_dropout > 0)")
-            self._split_sessions = self._load_split(paths)
+            reload = f"`prelabel export {self._package.folder}`, then reload the model (`prelabel reload`)"
+            if self._split_digests is None:
+                raise ModelPackageError(f"MC dropout needs {[p.name for p in paths]} in {self._package.folder}, which "
+                                        f"this version was loaded without: run {reload} (they are written for models "
+                                        "with head_dropout > 0)")
+            graphs = self._read_split(paths)
+            if _digests(graphs) != self._split_digests:
+                raise ModelPackageError(f"MC dropout's graphs in {self._package.folder} changed after this version "
+                                        "loaded: reload the model (`prelabel reload`) to serve the new files")
+            self._split_sessions = self._load_split(paths, graphs)
         return self._split_sessions
 
-    def _load_split(self, paths: tuple[Path, Path]) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+    def _read_split(self, paths: tuple[Path, Path]) -> tuple[bytes, bytes]:
         try:
-            trunk, head = (ort.InferenceSession(str(p), self._options, providers=self._providers) for p in paths)
+            return paths[0].read_bytes(), paths[1].read_bytes()
+        except OSError as exc:
+            raise ModelPackageError(f"MC dropout's graphs in {self._package.folder} cannot be read "
+                                    f"({exc.strerror or exc}): run `prelabel export {self._package.folder}` "
+                                    "again") from exc
+
+    def _load_split(self, paths: tuple[Path, Path],
+                    graphs: tuple[bytes, bytes]) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+        try:
+            trunk, head = (ort.InferenceSession(g, self._options, providers=self._providers) for g in graphs)
         except Exception as exc:  # a file cut short or overwritten: the package's to fix, not an internal error
             reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             raise ModelPackageError(f"MC dropout's graphs {[p.name for p in paths]} in {self._package.folder} cannot "
