@@ -14,6 +14,9 @@ DEVICE_FALLBACKS = Counter("prelabel_device_fallbacks_total",
                            "Requests run on the CPU because the model's accelerator failed (see device_fallback).", ["model"])
 DEGRADED = Gauge("prelabel_model_degraded", "1 while a model runs on its CPU fallback instead of its device.", ["model"])
 REJECTED = Counter("prelabel_rejected_total", "Requests refused because a model's queue was full.", ["model"])
+OPEN_STREAMS = Gauge("prelabel_open_streams", "Streams open now (PredictStream, Score, health Watch).")
+STREAMS_REFUSED = Counter("prelabel_streams_refused_total",
+                          "Streams refused because PRELABEL_MAX_OPEN_STREAMS were already open.")
 
 
 def start_metrics_server(port: int, host: str = "127.0.0.1") -> None:

@@ -62,13 +62,23 @@ def test_settings_that_would_starve_calls_or_refuse_a_lone_stream_are_startup_er
         assert ServerSettings(**settings, batching=False).max_queue_size == settings["max_queue_size"]
 
 
+def _metric(name: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
 def test_streams_beyond_the_limit_are_refused_and_single_calls_still_served(one_stream_server, small_camvid_png):
     release = threading.Event()
     try:
         with PreLabelClient(one_stream_server.address, timeout=120) as client:
+            refused_before = _metric("prelabel_streams_refused_total")
             open_stream = _open_stream(client, small_camvid_png, release)
             with pytest.raises(ResourceExhausted, match="PRELABEL_MAX_OPEN_STREAMS"):
                 list(client.predict_many([small_camvid_png]))
+            # the refusal is counted (it was in no metric), and the open stream shows
+            assert _metric("prelabel_streams_refused_total") == refused_before + 1
+            assert _metric("prelabel_open_streams") >= 1
             assert client.predict(small_camvid_png).mask.shape == (101, 133)  # a thread was left for it
             release.set()
             assert list(open_stream) == []  # the first stream ends...

@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from prelabel_proto import prelabel_pb2 as pb
 from prelabel_proto import prelabel_pb2_grpc as pb_grpc
 from prelabel_proto.errors import PrelabelError, ResourceExhausted
+from prelabel_server import metrics
 from prelabel_server.engine import Engine
 from prelabel_server.grpc_api import converters
 from prelabel_server.grpc_api.streaming import RequestT, ResponseT, process_stream
@@ -36,12 +37,15 @@ class StreamSlots:
     def held(self) -> Iterator[None]:
         """One slot for the block; RESOURCE_EXHAUSTED at once when none is free."""
         if not self._free.acquire(blocking=False):
+            metrics.STREAMS_REFUSED.inc()  # batch jobs then wait their turn: the operator's sign to raise the cap
             raise ResourceExhausted(f"{self.limit} streams are already open, the server's limit "
                                     "(PRELABEL_MAX_OPEN_STREAMS), which keeps RPC threads free for single calls: "
                                     "retry when one ends, or send these images over a stream already open")
+        metrics.OPEN_STREAMS.inc()
         try:
             yield
         finally:
+            metrics.OPEN_STREAMS.dec()
             self._free.release()
 
 
