@@ -127,6 +127,24 @@ class ModelRegistry:
         with self._lock:
             return {m.folder: m.fingerprint for m in self._models.values()} | self._unloadable
 
+    def holds(self, folder: Path) -> bool:
+        """Whether a model (served or failed) came from ``folder``."""
+        with self._lock:
+            return any(m.folder == folder for m in self._models.values())
+
+    def forget_failed_without_folder(self) -> list[str]:
+        """Drops failed entries whose package folder is gone: with nothing left to fix or reload,
+        they kept health NOT_SERVING (and an operator's alert firing) until a restart. A served
+        model whose folder goes keeps serving."""
+        with self._lock:
+            gone = [name for name, m in self._models.items() if m.state == "failed" and not m.folder.is_dir()]
+            for name in gone:
+                del self._models[name]
+        if gone:
+            log.info("failed models %s dropped: their package folders are gone", gone)
+            self._notify()
+        return gone
+
     def remember_fingerprint(self, folder: Path) -> None:
         """Marks the folder's current files as tried (they failed): the watcher waits for a change."""
         with self._lock:

@@ -49,6 +49,7 @@ class RepositoryWatcher:
 
     def poll(self) -> list[str]:
         """Reloads every package that changed and has since stayed the same; returns their names."""
+        self._registry.forget_failed_without_folder()
         current = {folder: package_fingerprint(folder) for folder in find_packages(self._repository)}
         loaded = self._registry.loaded_fingerprints()
         settled = [folder for folder, fingerprint in current.items()
@@ -67,15 +68,21 @@ class RepositoryWatcher:
     def _reload(self, folder: Path) -> str:
         try:
             ModelPackage.open(folder)
+            readable = True
         except ModelPackageError as exc:
-            log.error("model package %s changed but cannot be read: %s", folder, exc)
-            self._registry.remember_fingerprint(folder)  # do not retry until it changes again
-            return ""
+            if self._registry.holds(folder):  # the version loaded before keeps serving
+                log.error("model package %s changed but cannot be read: %s", folder, exc)
+                self._registry.remember_fingerprint(folder)  # do not retry until it changes again
+                return ""
+            # a new folder goes on to be listed FAILED with its error, as at start-up: ListModels
+            # and health showed nothing of it, only this log did
+            readable = False
         try:  # by folder, not by the card's name: that name may be another folder's (a duplicate)
             served, _ = self._registry.reload_folder(folder)
         except PrelabelError as exc:
-            log.error("model package %s changed but did not load (the previous version, if any, keeps serving): %s",
-                      folder, exc)
+            if readable:  # an unreadable card's error the registry has just logged
+                log.error("model package %s changed but did not load (the previous version, if any, keeps "
+                          "serving): %s", folder, exc)
             self._registry.remember_fingerprint(folder)
             return ""
         log.info("model %s reloaded from %s after it changed", served.name, folder)

@@ -94,6 +94,28 @@ def test_a_package_added_later_does_not_take_over_the_default(repository: Path, 
     assert not [r for r in caplog.records if "default model is now" in r.getMessage()]
 
 
+def test_a_new_package_that_cannot_be_read_is_listed_failed_and_a_failed_one_removed_goes(
+        repository: Path, model_repository: Path):
+    """A new folder with a broken card was in no listing until a restart (only the log said so);
+    a failed duplicate whose folder was deleted stayed NOT_SERVING until a restart."""
+    registry = ModelRegistry(ServerSettings(model_repository=repository, backend="onnx", batching=False))
+    registry.load_all()
+    watcher = RepositoryWatcher(registry, repository, interval_seconds=60)
+    (repository / "broken").mkdir()
+    (repository / "broken" / CARD_FILE).write_text('{"name": "broken"')
+    ModelPackage.open(model_repository / "unet").copy_to(repository / "copy", name="watched")  # a duplicate name
+    watcher.poll()
+    watcher.poll()
+    states = {m.name: (m.state, m.error) for m in registry.all()}
+    assert states["broken"][0] == "failed" and "card.json" in states["broken"][1]
+    assert states["watched@copy"][0] == "failed" and states["watched"][0] == "ready"
+    shutil.rmtree(repository / "copy")
+    shutil.rmtree(repository / "broken")
+    watcher.poll()
+    assert [m.name for m in registry.all()] == ["watched"]
+    registry.close()
+
+
 # --- Packages the watcher must not trip over: copies of models/camvid (large files linked, card rewritten) ---
 
 def _camvid_package(repo_root: Path, folder: Path, **card: object) -> Path:
