@@ -23,6 +23,7 @@ RUN pip install --no-cache-dir '/src[server]' && mkdir -p /app/models \
  && for package in /src/models/*/card.json; do cp -r "$(dirname "$package")" /app/models/; done && rm -rf /src
 ENV PRELABEL_HOST=0.0.0.0 PRELABEL_PORT=50051 PRELABEL_MODEL_REPOSITORY=/app/models PRELABEL_BACKEND=auto
 EXPOSE 50051
+HEALTHCHECK --interval=30s --timeout=5s CMD prelabel health --server "127.0.0.1:${PRELABEL_PORT}" --timeout 3
 CMD ["prelabel", "serve"]
 
 # CPU image: ONNX Runtime only, no torch.
@@ -34,5 +35,7 @@ RUN pip install --no-cache-dir '/src[serve-onnx]' && mkdir -p /app/models \
  && ! python -c "import torch" 2>/dev/null
 ENV PRELABEL_HOST=0.0.0.0 PRELABEL_PORT=50051 PRELABEL_MODEL_REPOSITORY=/app/models PRELABEL_BACKEND=onnx
 EXPOSE 50051
-HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; s = g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(), timeout=3); sys.exit(s.status != h.HealthCheckResponse.SERVING)"
+# Follows PRELABEL_PORT; a server with TLS needs its own check: docker run --health-cmd
+# 'prelabel health --server localhost:50051 --root-certificates /certs/cert.pem' ...
+HEALTHCHECK --interval=30s --timeout=5s CMD prelabel health --server "127.0.0.1:${PRELABEL_PORT}" --timeout 3
 CMD ["prelabel", "serve"]

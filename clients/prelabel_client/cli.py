@@ -108,6 +108,13 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
 def _demo_images(folder: Path) -> list[Path]:
     images = sorted(folder.glob("*.png")) if folder.is_dir() else []
     if not images:
@@ -255,6 +262,11 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="list the server's models")
     _add_client_options(models)
     models.set_defaults(handler=_models)
+
+    health = commands.add_parser("health", help="the server's (or one model's) gRPC health: exit 0 when SERVING")
+    health.add_argument("--service", default="", help="health service name: '' (the server, default) or models/NAME")
+    _add_client_options(health)
+    health.set_defaults(handler=_health)
 
     select = commands.add_parser("select", help="rank a folder of unlabelled images and pick the next K to label")
     select.add_argument("pool", type=Path, help="folder of unlabelled images")

@@ -359,6 +359,15 @@ class PreLabelClient:
             raise error
         return FailedPrediction(error, answered=answered)
 
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """The standard gRPC health status of ``service`` ("" is the whole server, ``models/NAME``
+        one model): "SERVING", "NOT_SERVING" or "SERVICE_UNKNOWN"; health needs no token."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        response = self._call(health_pb2_grpc.HealthStub(self._channel).Check,
+                              health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
     def models(self, timeout: float | None = None) -> list[ModelInfo]:
         response = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
         return [model_info_from_message(m) for m in response.models]

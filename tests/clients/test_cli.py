@@ -83,3 +83,22 @@ def test_models_lists_the_repository(onnx_server: RunningServer) -> None:
     assert lines["deeplab"].startswith("*") and "DeepLabV3Plus/resnet18" in lines["deeplab"]
     assert "ready" in lines["unet"] and "onnx" in lines["unet"] and "11 classes" in lines["unet"]
     assert "failed" in lines["broken"] and "missing.onnx" in lines["broken"]
+
+
+@pytest.mark.parametrize("service,status,code", [("", "SERVING", 0), ("models/deeplab", "SERVING", 0),
+                                                  ("models/broken", "NOT_SERVING", 1)])
+def test_health_prints_the_status_and_exits_0_only_when_serving(onnx_server: RunningServer, service: str,
+                                                                status: str, code: int) -> None:
+    """What the Docker images' HEALTHCHECK runs (their old inline check hard-wired port 50051)."""
+    result = _prelabel("health", "--service", service, "--server", onnx_server.address, "--timeout", "10")
+    assert (result.stdout.strip(), result.returncode) == (status, code), result.stderr
+
+
+def test_health_of_no_server_fails(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    result = _prelabel("health", "--server", address, "--timeout", "3")
+    assert result.returncode == 1 and "UNAVAILABLE" in result.stderr and "Traceback" not in result.stderr
