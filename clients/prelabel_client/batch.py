@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from prelabel_client.client import PreLabelClient
 from prelabel_client.coco import CocoFile
-from prelabel_client.outputs import OutputWriteError, output_names, write_prediction
+from prelabel_client.outputs import SMALL_RANGE_MEASURES, OutputWriteError, output_names, write_prediction
 from prelabel_client.results import FailedPrediction, Prediction
 from prelabel_proto.errors import PrelabelError, ResourceExhausted
 
@@ -68,8 +68,10 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
         served = client.model(model)
         collected = CocoFile(served.classes) if coco else None
         outputs = ("mask", "uncertainty", "class_segments") if coco else ("mask", "uncertainty")
+        precision = "png_uint16" if measure in SMALL_RANGE_MEASURES else "png_uint8"
         results = stream_when_admitted(lambda: client.predict_many(images, raise_on_error=False, model=model,
-                                                                    measure=measure, outputs=outputs), patience_s)
+                                                                    measure=measure, outputs=outputs,
+                                                                    uncertainty_format=precision), patience_s)
         for image, name, result in tqdm(zip(images, names, results), total=len(images), unit="img",
                                         desc="pre-annotating"):
             entry = _written(result, image, name, out_dir, served.palette)

@@ -35,6 +35,19 @@ def heat_map(uncertainty: np.ndarray) -> np.ndarray:
     return cv2.applyColorMap(np.rint(uncertainty * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
 
 
+# Measures whose values stay far below 1 (the default model's mutual information peaks near 0.01,
+# its MC variance near 0.04): on the [0, 1] scale their heat maps were black, and in 8 bits they
+# kept 4 grey levels. Batch jobs ask for them in 16 bits and scale each heat map to its maximum.
+SMALL_RANGE_MEASURES = frozenset({"mutual_information", "mc_variance"})
+
+
+def heat_map_scale(uncertainty: np.ndarray, measure: str) -> float:
+    """The uncertainty shown as yellow: 1, or the image's own maximum for a small-range measure."""
+    if measure not in SMALL_RANGE_MEASURES:
+        return 1.0
+    return float(uncertainty.max()) or 1.0
+
+
 OUTPUT_SUFFIXES = ("_mask.png", "_overlay.png", "_uncertainty.png", ".json")
 """What ``write_prediction`` appends to an image's output name; no two of them can end alike, so
 two images' files can only clash when their output names do."""
@@ -120,15 +133,17 @@ def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
                 overlay_path = out_dir / f"{stem}_overlay.png"
                 _write_image(overlay_path, cv2.cvtColor(blended, cv2.COLOR_RGB2BGR))
                 written["overlay"] = str(overlay_path)
+        scale = None
         if prediction.uncertainty is not None:
             heat_path = out_dir / f"{stem}_uncertainty.png"
-            _write_image(heat_path, heat_map(prediction.uncertainty))
+            scale = heat_map_scale(prediction.uncertainty, prediction.summary.measure)
+            _write_image(heat_path, heat_map(np.clip(prediction.uncertainty / scale, 0.0, 1.0)))
             written["uncertainty"] = str(heat_path)
         summary_path = out_dir / f"{stem}.json"
         write_whole(summary_path, json.dumps({
             "image": str(image_path), "model": prediction.model, "model_version": prediction.model_version,
             "backend": prediction.backend, "device": prediction.device, "summary": asdict(prediction.summary),
-            "timings_ms": prediction.timings_ms, "files": written}, indent=2).encode())
+            "timings_ms": prediction.timings_ms, "heat_map_scale": scale, "files": written}, indent=2).encode())
         written["summary"] = str(summary_path)
     except BaseException:  # a failed write or an interrupt: the image leaves no files the manifest disowns
         for path in written.values():

@@ -93,3 +93,21 @@ def test_mc_dropout_graphs_cut_short_are_the_packages_error(tmp_path: Path, camv
                 client.predict(camvid_val_images[0], measure="mutual_information", mc_samples=2)
     finally:
         running.stop(grace=0)
+
+
+def test_a_batch_job_s_heat_maps_of_mutual_information_are_not_black(default_client: PreLabelClient,
+                                                                      camvid_val_images: list[Path], tmp_path: Path):
+    """Its values peak near 0.01: on the [0, 1] scale, in 8 bits, the heat map was black (4 levels)."""
+    import json
+
+    from prelabel_client.batch import predict_files
+
+    report = predict_files(default_client, camvid_val_images[7:8], tmp_path, measure="mutual_information")
+    assert report.written == 1
+    summary = json.loads((tmp_path / f"{camvid_val_images[7].stem}.json").read_text())
+    assert 0 < summary["heat_map_scale"] < 0.2
+    heat = cv2.imread(summary["files"]["uncertainty"])
+    assert len(np.unique(heat.reshape(-1, 3), axis=0)) > 50 and heat.max() > 200
+    entropy = predict_files(default_client, camvid_val_images[7:8], tmp_path / "entropy")
+    assert entropy.written == 1
+    assert json.loads((tmp_path / "entropy" / f"{camvid_val_images[7].stem}.json").read_text())["heat_map_scale"] == 1.0
