@@ -80,7 +80,7 @@ def _server_settings(args: argparse.Namespace):
 def _add_server_options(parser: argparse.ArgumentParser,
                         port_help: str = "port (PRELABEL_PORT, default 50051; 0 = any free port)") -> None:
     parser.add_argument("--host", help="address to listen on (PRELABEL_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help=port_help)
+    parser.add_argument("--port", type=whole_number(0, 65535), help=port_help)
     parser.add_argument("--model-repository", type=Path, help="folder of model packages (PRELABEL_MODEL_REPOSITORY)")
     parser.add_argument("--backend", choices=["auto", "torch", "onnx"], help="PRELABEL_BACKEND, default auto")
     parser.add_argument("--device", help="device override, e.g. cpu or cuda:0 (PRELABEL_DEVICE)")

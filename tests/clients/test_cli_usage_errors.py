@@ -36,6 +36,8 @@ def _prelabel(*args: str, **env: str) -> subprocess.CompletedProcess:
      "unknown setting PRELABEL_AUTH_TOKENS (did you mean PRELABEL_AUTH_TOKEN?)"),
     # served on the CPU while reporting the device as "banana"
     (("serve", "--device", "banana"), {}, "'banana' is not a device: use cpu, cuda or cuda:N"),
+    # a flag's error named the environment variable instead
+    (("serve", "--port", "70000"), {}, "--port: must be 0 to 65535, got 70000"),
     (("models", "--timeout", "inf"), {}, "--timeout: must be more than 0 and less than 1e9 seconds"),
     (("train", "--config", "c.toml", "--data", "d", "--out", "o", "--epochs", "0"), {}, "--epochs: must be 1 or more"),
     (("evaluate", "models/camvid", "--data", "d", "--threads", "-1"), {}, "--threads: must be 1 or more"),

@@ -101,16 +101,19 @@ def _check_backend(name: str) -> None:
         raise UsageError(str(exc)) from None
 
 
-def whole_number(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least ``minimum``; anything else is refused with a
-    message that says what is expected (argparse's own names the parsing function)."""
+def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum`` (and at most ``maximum``); anything
+    else is refused with a message that says what is expected (argparse's own names the parsing
+    function)."""
+    expected = f"{minimum} or more" if maximum is None else f"{minimum} to {maximum}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number, {minimum} or more, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+            raise argparse.ArgumentTypeError(f"must be a whole number, {expected}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {value}")
         return value
 
     return parse
