@@ -343,3 +343,18 @@ def test_an_error_raised_by_the_callers_own_images_comes_through_unchanged(onnx_
         for result in onnx_client.predict_many(images()):
             results.append(result)
     assert [r.ok for r in results] == [True, True]
+
+
+def test_an_id_already_in_flight_in_a_stream_is_refused_alone(stub, camvid_val_images: list[Path]) -> None:
+    """Two requests with one id were both answered, out of order: the client could not tell which
+    answer was which image's."""
+    image = pb.Image(encoded=camvid_val_images[0].read_bytes())
+    ids = ["a", "a", "b"]
+    responses = list(stub.PredictStream(iter(pb.PredictStreamRequest(id=i, request=pb.PredictRequest(image=image))
+                                             for i in ids), timeout=120))
+    assert sorted(r.id for r in responses) == ["a", "a", "b"]
+    refused = [r for r in responses if r.HasField("error")]
+    assert len(refused) == 1 and refused[0].id == "a"
+    assert refused[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "already in flight" in refused[0].error.message
+    assert sum(r.HasField("response") for r in responses) == 2

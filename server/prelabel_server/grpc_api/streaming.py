@@ -18,6 +18,25 @@ ResponseT = TypeVar("ResponseT")
 
 
 
+class InFlightIds:
+    """The ids of a stream's requests being processed now, so that a repeated one can be refused."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, item_id: str) -> bool:
+        with self._lock:
+            if item_id in self._ids:
+                return False
+            self._ids.add(item_id)
+            return True
+
+    def release(self, item_id: str) -> None:
+        with self._lock:
+            self._ids.discard(item_id)
+
+
 class _ReaderDone:
     def __init__(self, submitted: int) -> None:
         self.submitted = submitted
