@@ -28,3 +28,20 @@ def test_regions_are_found_filtered_and_ordered_by_expected_errors():
     assert (min(xs), min(ys), max(xs), max(ys)) == (50, 50, 79, 79)
     assert review_regions(uncertainty, confidence, mask, max_regions=1)[0].area == 900
     assert review_regions(np.zeros((8, 8), np.float32), confidence[:8, :8], mask[:8, :8]) == []
+
+
+def test_an_uncertain_network_larger_than_a_cell_is_cut_into_pieces_with_their_own_boxes():
+    """Class boundaries joined into one region whose box was the whole image."""
+    uncertainty = np.zeros((400, 400), np.float32)
+    uncertainty[195:205, :] = 0.9            # a cross of uncertain boundaries through the whole image
+    uncertainty[:, 195:205] = 0.9
+    uncertainty[20:40, 20:40] = 0.9          # and a small blob, left whole
+    confidence = np.where(uncertainty > 0, 0.5, 1.0).astype(np.float32)
+    mask = np.zeros((400, 400), np.uint8)
+    regions = review_regions(uncertainty, confidence, mask, max_regions=100, cell=128)
+    assert len(regions) > 4 and all(r.width <= 128 and r.height <= 128 for r in regions)
+    assert (20, 20, 20, 20, 400) in [(r.x, r.y, r.width, r.height, r.area) for r in regions]
+    cross = 2 * 400 * 10 - 100
+    assert cross - 4 * 10 * 2 <= sum(r.area for r in regions) - 400 <= cross  # only the 1-px cut lines are lost
+    uncut = review_regions(uncertainty, confidence, mask, max_regions=100, cell=1000)
+    assert (uncut[0].width, uncut[0].height) == (400, 400)
