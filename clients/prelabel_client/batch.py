@@ -66,7 +66,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     try:
         names = output_names(images, out_dir)
         served = client.model(model)
-        collected = CocoFile(served.classes) if coco else None
+        collected = CocoFile(served.classes, images, f"{served.name} v{served.version}") if coco else None
         outputs = ("mask", "uncertainty", "class_segments") if coco else ("mask", "uncertainty")
         precision = "png_uint16" if measure in SMALL_RANGE_MEASURES else "png_uint8"
         results = stream_when_admitted(lambda: client.predict_many(images, raise_on_error=False, model=model,

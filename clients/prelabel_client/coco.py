@@ -1,10 +1,12 @@
-"""A batch job's pre-annotations as one COCO instances file: what CVAT ("COCO 1.0" import), Label
-Studio's COCO converter, FiftyOne and pycocotools read. One annotation per class present in an
-image, its mask as compressed RLE."""
+"""A batch job's pre-annotations as one COCO instances file, the format CVAT imports as "COCO 1.0"
+and pycocotools and datumaro read. One annotation per class present in an image, its mask as
+compressed RLE."""
 
 from __future__ import annotations
 
 import json
+import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 from prelabel_client.outputs import write_whole
@@ -19,18 +21,27 @@ class CocoFile:
     the segments are small beside the masks (a few kB per image), so a job of tens of thousands of
     images holds them in memory."""
 
-    def __init__(self, classes: list[tuple[int, str, tuple[int, int, int]]]) -> None:
+    def __init__(self, classes: list[tuple[int, str, tuple[int, int, int]]], images: list[Path],
+                 model: str = "") -> None:
+        """``images`` are the job's inputs: each image's ``file_name`` is its path relative to their
+        common folder (the image root), as importers expect. An absolute path was refused by
+        datumaro ("escapes base directory"), and CVAT matches annotations to a task's frames by
+        these relative names."""
+        self.image_root = Path(os.path.commonpath([_absolute(image).parent for image in images])) if images else Path()
+        self._info = {"description": f"prelabel pre-annotations ({model}); file_name is relative to {self.image_root}",
+                      "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "version": "1.0"}
         self._categories = [{"id": class_id + CATEGORY_ID_OFFSET, "name": name, "supercategory": "",
                              "color": list(color)} for class_id, name, color in classes]
         self._images: list[dict] = []
         self._annotations: list[dict] = []
 
     def add(self, image: Path, prediction: Prediction) -> None:
-        """Adds ``image`` (named as given) and one annotation per segment of ``prediction``, which
+        """Adds ``image`` (one of the job's) and one annotation per segment of ``prediction``, which
         must have been asked for with the "class_segments" output."""
         image_id = len(self._images) + 1
         height, width = prediction.response.height, prediction.response.width
-        self._images.append({"id": image_id, "file_name": str(image), "height": height, "width": width})
+        file_name = _absolute(image).relative_to(self.image_root).as_posix()
+        self._images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
         for segment in prediction.class_segments:
             self._annotations.append({
                 "id": len(self._annotations) + 1, "image_id": image_id,
@@ -39,5 +50,10 @@ class CocoFile:
 
     def write(self, path: Path) -> None:
         """Writes the file whole or not at all (OutputWriteError if it cannot be written)."""
-        write_whole(path, json.dumps({"images": self._images, "annotations": self._annotations,
-                                      "categories": self._categories}).encode())
+        write_whole(path, json.dumps({"info": self._info, "licenses": [], "images": self._images,
+                                      "annotations": self._annotations, "categories": self._categories}).encode())
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute with ``..`` resolved (links are kept: the name is what the user gave)."""
+    return Path(os.path.abspath(path))

@@ -170,7 +170,7 @@ def test_a_stream_lost_mid_job_leaves_a_manifest_of_what_was_done_and_what_was_n
         assert set(entry) == {"image", *FILE_KEYS} and all(Path(path).is_file() for path in _listed_files(entry))
     assert all(entry["error"].startswith("not processed: ") for entry in failed)
     coco = json.loads((out / "coco.json").read_text())  # written for the images done before the stream died
-    assert [image["file_name"] for image in coco["images"]] == [entry["image"] for entry in finished]
+    assert [image["file_name"] for image in coco["images"]] == [Path(entry["image"]).name for entry in finished]
 
 
 def test_odd_inputs_get_an_overlay_that_lines_up_with_their_mask(onnx_client: PreLabelClient, small_camvid_rgb,
@@ -278,9 +278,12 @@ def test_a_coco_job_writes_every_written_image_s_classes_as_rle(onnx_client: Pre
     from PIL import Image
     from pycocotools.coco import COCO
 
-    broken = tmp_path / "broken.png"
+    (tmp_path / "in" / "day2").mkdir(parents=True)
+    (tmp_path / "in" / "a.png").symlink_to(camvid_val_images[0])
+    (tmp_path / "in" / "day2" / "a.png").symlink_to(camvid_val_images[4])  # the same name in another folder
+    broken = tmp_path / "in" / "broken.png"
     broken.write_bytes(b"not a png")
-    images = [camvid_val_images[0], broken, camvid_val_images[4]]
+    images = [tmp_path / "in" / "a.png", broken, tmp_path / "in" / "day2" / ".." / "day2" / "a.png"]
     out = tmp_path / "out"
     report = predict_files(onnx_client, images, out, coco=True)
     assert (report.written, report.failed) == (2, 1) and report.coco_file == out / "coco.json"
@@ -288,8 +291,10 @@ def test_a_coco_job_writes_every_written_image_s_classes_as_rle(onnx_client: Pre
     coco = COCO(str(report.coco_file))
     names = {category["name"] for category in coco.loadCats(coco.getCatIds())}
     assert names == {name for _, name, _ in onnx_client.model().classes}
-    assert [image["file_name"] for image in coco.dataset["images"]] == [str(camvid_val_images[0]),
-                                                                       str(camvid_val_images[4])]
+    # named relative to the images' common folder: importers refused absolute paths
+    assert [image["file_name"] for image in coco.dataset["images"]] == ["a.png", "day2/a.png"]
+    assert set(coco.dataset) >= {"info", "licenses"}  # datumaro's importer, which CVAT runs, needs both
+    assert str(tmp_path / "in") in coco.dataset["info"]["description"]
     for entry, image in zip([e for e in _manifest(out) if "error" not in e], coco.dataset["images"]):
         mask = np.asarray(Image.open(entry["mask"]))  # the palette PNG's indices are the class ids
         assert (image["height"], image["width"]) == mask.shape
