@@ -110,7 +110,7 @@ class ModelRegistry:
 
     def with_cpu_fallback(self, served: ServedModel, backend: Backend, package: ModelPackage) -> DeviceFallback:
         """``backend`` (on an accelerator) with ONNX Runtime on the CPU behind it; see device_fallback."""
-        return DeviceFallback(backend, lambda: create_backend("onnx", package, device="cpu"),
+        return DeviceFallback(backend, lambda: create_backend("onnx", package, device="cpu", pin_mc_graphs=False),
                               on_degraded=lambda reason: self._set_degradation(served, reason),
                               on_recovered=lambda: self._set_degradation(served, ""))
 

@@ -226,3 +226,23 @@ def test_the_server_asks_a_device_for_maps_unless_told_not_to(model_repository, 
             assert mine.pixel_fraction == pytest.approx(theirs.pixel_fraction, abs=1e-3)
             assert mine.mean_confidence == pytest.approx(theirs.mean_confidence, abs=1e-3)
             assert mine.mean_uncertainty == pytest.approx(theirs.mean_uncertainty, abs=1e-3)
+
+
+def test_the_cpu_fallback_does_not_need_mc_dropouts_graphs_to_serve_plain_requests(tmp_path, repo_root, batch):
+    """The fallback is made only once the GPU fails. Checking MC dropout's graphs then failed it
+    for every request when one of those files was being rewritten at that moment."""
+    from prelabel_server.registry import ModelRegistry, ServedModel
+
+    source, copy = repo_root / "models" / "camvid", tmp_path / "camvid"
+    copy.mkdir()
+    for file in source.iterdir():
+        (copy / file.name).symlink_to(file)
+    (copy / "model.head.onnx").unlink()
+    (copy / "model.head.onnx").write_bytes(b"half a copy")
+    package = ModelPackage.open(copy)
+    registry = ModelRegistry(ServerSettings(model_repository=tmp_path, backend="onnx"))
+    served = ServedModel(name="camvid", folder=copy, fingerprint=())
+    device = DeviceWithRoomFor(create_backend("torch", package, device="cpu"), room=0)
+    backend = registry.with_cpu_fallback(served, device, package)
+    assert backend.run(batch[:1]).shape[:2] == (1, package.card.num_classes)
+    assert "CPU" in served.degradation

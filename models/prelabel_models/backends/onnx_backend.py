@@ -26,7 +26,10 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, package: ModelPackage, device: str | None = None, threads: int | None = None,
-                 spin_wait: bool = True) -> None:
+                 spin_wait: bool = True, pin_mc_graphs: bool = True) -> None:
+        """``pin_mc_graphs``: check MC dropout's graphs now and serve only these (a package being
+        rewritten then fails to load); off, they are read on first use, whatever is on disk then
+        (a GPU model's CPU fallback, made only once the GPU fails, must not fail for them)."""
         if not package.onnx_path.is_file():
             raise ModelPackageError(
                 f"ONNX file {package.onnx_path} is missing: run `prelabel export {package.folder}` to write it")
@@ -50,7 +53,9 @@ class OnnxBackend:
         self.device = device
         self._split_sessions: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
         self._split_digests: tuple[str, ...] | None = None  # of the graphs as they were at load
-        self._check_mc_graphs()
+        self._pin_mc_graphs = pin_mc_graphs
+        if pin_mc_graphs:
+            self._check_mc_graphs()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
@@ -93,6 +98,9 @@ class OnnxBackend:
         if self._split_sessions is None:
             paths = (self._package.trunk_onnx_path, self._package.head_onnx_path)
             reload = f"`prelabel export {self._package.folder}`, then reload the model (`prelabel reload`)"
+            if not self._pin_mc_graphs:
+                self._split_sessions = self._load_split(paths, self._read_split(paths))
+                return self._split_sessions
             if self._split_digests is None:
                 raise ModelPackageError(f"MC dropout needs {[p.name for p in paths]} in {self._package.folder}, which "
                                         f"this version was loaded without: run {reload} (they are written for models "
