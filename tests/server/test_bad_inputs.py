@@ -358,3 +358,16 @@ def test_an_id_already_in_flight_in_a_stream_is_refused_alone(stub, camvid_val_i
     assert refused[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "already in flight" in refused[0].error.message
     assert sum(r.HasField("response") for r in responses) == 2
+
+
+def test_repeated_ids_are_refused_even_with_one_stream_worker(start_extra_server, small_camvid_png: bytes) -> None:
+    """The id was claimed only while a worker ran its item: with one worker the two requests never
+    overlapped and both were answered under one id. Now ids are claimed as they are read and
+    freed once their answer is sent."""
+    server = start_extra_server(stream_workers=1, max_queue_size=4)
+    image = pb.Image(encoded=small_camvid_png)
+    with grpc.insecure_channel(server.address) as channel:
+        responses = list(pb_grpc.PrelabelServiceStub(channel).PredictStream(
+            iter(pb.PredictStreamRequest(id=i, request=pb.PredictRequest(image=image)) for i in ["x", "x", "y"]),
+            timeout=120))
+    assert sorted((r.id, r.HasField("error")) for r in responses) == [("x", False), ("x", True), ("y", False)]

@@ -17,7 +17,7 @@ from prelabel_proto.errors import PrelabelError, ResourceExhausted
 from prelabel_server import metrics
 from prelabel_server.engine import Engine
 from prelabel_server.grpc_api import converters
-from prelabel_server.grpc_api.streaming import InFlightIds, RequestT, ResponseT, process_stream
+from prelabel_server.grpc_api.streaming import RequestT, ResponseT, process_stream
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,12 @@ class StreamSlots:
             self._free.release()
 
 
+def _repeated_id(item_id: str) -> pb.ItemError:
+    return pb.ItemError(code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                        message=f"id {item_id!r} is already in flight in this stream: give each request its own id "
+                                "(answers may come back out of order)")
+
+
 def caller_gone(context: grpc.ServicerContext) -> Callable[[], bool]:
     """True once the client cancelled or its deadline passed."""
     return lambda: not context.is_active() or (context.time_remaining() or 1.0) <= 0
@@ -67,8 +73,9 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
 
     def PredictStream(self, request_iterator: Iterator[pb.PredictStreamRequest],
                       context: grpc.ServicerContext) -> Iterator[pb.PredictStreamResponse]:
-        gone, ids = caller_gone(context), InFlightIds()
-        return self._stream(request_iterator, lambda item: self._stream_item(item, gone, ids))
+        gone = caller_gone(context)
+        return self._stream(request_iterator, lambda item: self._stream_item(item, gone),
+                            lambda item: pb.PredictStreamResponse(id=item.id, error=_repeated_id(item.id)))
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[converters.model_info(s) for s in self._engine.models()],
@@ -83,26 +90,29 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
 
     def Score(self, request_iterator: Iterator[pb.ScoreRequest],
               context: grpc.ServicerContext) -> Iterator[pb.ScoreResponse]:
-        gone, ids = caller_gone(context), InFlightIds()
-        return self._stream(request_iterator, lambda item: self._score_item(item, gone, ids))
+        gone = caller_gone(context)
+        return self._stream(request_iterator, lambda item: self._score_item(item, gone),
+                            lambda item: pb.ScoreResponse(id=item.id, error=_repeated_id(item.id)))
 
-    def _stream(self, requests: Iterator[RequestT], handle: Callable[[RequestT], ResponseT]) -> Iterator[ResponseT]:
+    def _stream(self, requests: Iterator[RequestT], handle: Callable[[RequestT], ResponseT],
+                refuse_repeat: Callable[[RequestT], ResponseT]) -> Iterator[ResponseT]:
         """``handle`` over a stream's items, holding one of the open-stream slots for as long as the
-        stream is open; RESOURCE_EXHAUSTED when none is free."""
+        stream is open; RESOURCE_EXHAUSTED when none is free. An item whose id is already in
+        flight gets ``refuse_repeat(item)``."""
         with self._stream_slots.held():
             yield from process_stream(requests, handle, self._stream_executor,
-                                      self._engine.settings.max_in_flight_per_stream)
+                                      self._engine.settings.max_in_flight_per_stream,
+                                      item_id=lambda item: item.id, refuse_repeat=refuse_repeat)
 
-    def _stream_item(self, item: pb.PredictStreamRequest, gone: Callable[[], bool],
-                     ids: InFlightIds) -> pb.PredictStreamResponse:
+    def _stream_item(self, item: pb.PredictStreamRequest, gone: Callable[[], bool]) -> pb.PredictStreamResponse:
         """One streamed item; its failure becomes its own error response, never the stream's."""
-        outcome = self._item_outcome(lambda: self._segment(item.request, gone), item.id, ids)
+        outcome = self._item_outcome(lambda: self._segment(item.request, gone), item.id)
         if isinstance(outcome, pb.ItemError):
             return pb.PredictStreamResponse(id=item.id, error=outcome)
         return pb.PredictStreamResponse(id=item.id, response=outcome)
 
-    def _score_item(self, item: pb.ScoreRequest, gone: Callable[[], bool], ids: InFlightIds) -> pb.ScoreResponse:
-        outcome = self._item_outcome(lambda: self._score(item, gone), item.id, ids)
+    def _score_item(self, item: pb.ScoreRequest, gone: Callable[[], bool]) -> pb.ScoreResponse:
+        outcome = self._item_outcome(lambda: self._score(item, gone), item.id)
         if isinstance(outcome, pb.ItemError):
             return pb.ScoreResponse(id=item.id, error=outcome)
         return pb.ScoreResponse(id=item.id, scores=outcome)
@@ -123,14 +133,8 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
             self._engine.count_refused(model, exc)
             raise
 
-    def _item_outcome(self, run: Callable[[], Message], item_id: str, ids: InFlightIds) -> Message | pb.ItemError:
-        """``run()``, or the ItemError it raised; a result too large for one message is an error too,
-        and so is an id already in flight in the stream: answers come back out of order, so two
-        with one id could not be told apart."""
-        if not ids.claim(item_id):
-            return pb.ItemError(code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
-                                message=f"id {item_id!r} is already in flight in this stream: give each request "
-                                        "its own id (answers may come back out of order)")
+    def _item_outcome(self, run: Callable[[], Message], item_id: str) -> Message | pb.ItemError:
+        """``run()``, or the ItemError it raised; a result too large for one message is an error too."""
         try:
             message = run()
             self._check_size(message, wrapper_bytes=_ENVELOPE_BYTES + len(item_id.encode()))
@@ -141,8 +145,6 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
             log.exception("unexpected error on streamed item %r", item_id)
             return pb.ItemError(code=grpc.StatusCode.INTERNAL.value[0],
                                 message="internal error: the server log has the details")
-        finally:
-            ids.release(item_id)
 
     def _check_size(self, message: Message, wrapper_bytes: int = 0) -> None:
         """RESOURCE_EXHAUSTED for a response over the message limit with ``wrapper_bytes`` around it

@@ -10,31 +10,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import TypeVar
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 
-
-
-class InFlightIds:
-    """The ids of a stream's requests being processed now, so that a repeated one can be refused."""
-
-    def __init__(self) -> None:
-        self._ids: set[str] = set()
-        self._lock = threading.Lock()
-
-    def claim(self, item_id: str) -> bool:
-        with self._lock:
-            if item_id in self._ids:
-                return False
-            self._ids.add(item_id)
-            return True
-
-    def release(self, item_id: str) -> None:
-        with self._lock:
-            self._ids.discard(item_id)
 
 
 class _ReaderDone:
@@ -43,11 +24,28 @@ class _ReaderDone:
 
 
 def process_stream(requests: Iterator[RequestT], handle: Callable[[RequestT], ResponseT],
-                   executor: Executor, max_in_flight: int) -> Iterator[ResponseT]:
-    """Yields ``handle(request)`` for every request, in completion order. ``handle`` must not raise."""
+                   executor: Executor, max_in_flight: int, *, item_id: Callable[[RequestT], str] | None = None,
+                   refuse_repeat: Callable[[RequestT], ResponseT] | None = None) -> Iterator[ResponseT]:
+    """Yields ``handle(request)`` for every request, in completion order. ``handle`` must not raise.
+
+    With ``item_id``, a request whose id is already in flight (read, and its answer not yet sent)
+    gets ``refuse_repeat(request)`` instead: answers go out in completion order, so two with one
+    id could not be told apart. Ids are claimed here, in the order the client sent them, and freed
+    once the answer has been handed to gRPC."""
     slots = threading.BoundedSemaphore(max_in_flight)
     finished: queue.Queue = queue.Queue()
     stop = threading.Event()
+    in_flight: set[str] = set()  # touched by the reader and this generator's thread
+    in_flight_lock = threading.Lock()
+
+    def claim(request: RequestT) -> str | None:
+        """The request's id, now in flight; None where it needs none, or already was (refused)."""
+        key = item_id(request) if item_id is not None else None
+        with in_flight_lock:
+            if key is None or key in in_flight:
+                return None
+            in_flight.add(key)
+            return key
 
     def read() -> None:
         submitted = 0
@@ -59,7 +57,13 @@ def process_stream(requests: Iterator[RequestT], handle: Callable[[RequestT], Re
                 if stop.is_set():
                     slots.release()
                     return
-                executor.submit(handle, request).add_done_callback(finished.put)
+                key = claim(request)
+                if key is None and item_id is not None:
+                    refused: Future = Future()
+                    refused.set_result(refuse_repeat(request))
+                    finished.put((None, refused))
+                else:
+                    executor.submit(handle, request).add_done_callback(lambda done, key=key: finished.put((key, done)))
                 submitted += 1
         except Exception:  # the client cancelled or the stream broke: stop reading, finish the rest
             pass
@@ -74,10 +78,13 @@ def process_stream(requests: Iterator[RequestT], handle: Callable[[RequestT], Re
             if isinstance(item, _ReaderDone):
                 expected = item.submitted
                 continue
+            key, done = item
             slots.release()
             yielded += 1
-            if item.cancelled():  # the server is stopping (its stream executor cancels what waits): no answer
-                continue
-            yield item.result()
+            if not done.cancelled():  # cancelled: the server is stopping (its stream executor drops what waits)
+                yield done.result()
+            if key is not None:
+                with in_flight_lock:
+                    in_flight.discard(key)
     finally:
         stop.set()
