@@ -21,6 +21,8 @@ def default_model_repository() -> Path:
 
 # Read by the command-line client, not the server: allowed beside the server's own variables.
 CLIENT_VARIABLES = frozenset({"PRELABEL_SERVER", "PRELABEL_TOKEN"})
+# What Kubernetes sets in every pod for a Service named "prelabel" (service links), not settings.
+_SERVICE_LINKS = re.compile(r"PRELABEL_SERVICE_(HOST|PORT)(_\w+)?|PRELABEL_PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?")
 _DEVICE = re.compile(r"(cpu|cuda(:\d+)?)")
 
 
@@ -90,6 +92,15 @@ class ServerSettings(BaseSettings):
             raise ValueError("polling more often than every 0.1 s would keep a core busy: use 0 (off) or 0.1 or more")
         return seconds
 
+    @field_validator("port", mode="before")
+    @classmethod
+    def _not_a_service_link(cls, port: object) -> object:
+        if isinstance(port, str) and "://" in port:
+            raise ValueError(f"{port!r} is an address, as Kubernetes sets PRELABEL_PORT for a Service named "
+                             "prelabel: set PRELABEL_PORT to the port number in the pod's environment (or "
+                             "enableServiceLinks: false)")
+        return port
+
     @field_validator("device")
     @classmethod
     def _device_form(cls, device: str) -> str:
@@ -103,9 +114,10 @@ class ServerSettings(BaseSettings):
         """pydantic-settings ignores environment variables that match no field, so a misspelled one
         (PRELABEL_AUTH_TOKENS) silently left its setting at the default: there, no authentication."""
         known = {f"PRELABEL_{name.upper()}" for name in type(self).model_fields} | CLIENT_VARIABLES
-        unknown = sorted(name for name in os.environ if name.startswith("PRELABEL_") and name not in known)
+        unknown = sorted(name for name in os.environ if name.upper().startswith("PRELABEL_")  # read in any case
+                         and name.upper() not in known and not _SERVICE_LINKS.fullmatch(name.upper()))
         if unknown:
-            hints = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, known, 1))
+            hints = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name.upper(), known, 1))
                      else name for name in unknown]
             raise ValueError(f"unknown setting {', '.join(hints)}: unset it, or see README's settings table")
         return self

@@ -4,6 +4,7 @@ traceback (checked on the real command, in its own process)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,10 +113,30 @@ def test_unusable_training_configs_get_one_line(edit, says: str, repo_root: Path
     assert code == 2 and says in error and len(error.strip().splitlines()) == 1, error
 
 
-def test_the_command_line_clients_own_variables_are_not_unknown_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_clients_and_kubernetes_variables_are_not_unknown_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kubernetes sets these in every pod beside a Service named "prelabel" (service links)."""
     from prelabel_server.settings import ServerSettings
 
-    monkeypatch.setenv("PRELABEL_SERVER", "127.0.0.1:50051")
-    monkeypatch.setenv("PRELABEL_TOKEN", "s3cret")
-    monkeypatch.setenv("PRELABEL_DEVICE", "cuda:1")
+    for name, value in {"PRELABEL_SERVER": "127.0.0.1:50051", "PRELABEL_TOKEN": "s3cret", "PRELABEL_DEVICE": "cuda:1",
+                        "PRELABEL_SERVICE_HOST": "10.0.0.7", "PRELABEL_SERVICE_PORT": "50051",
+                        "PRELABEL_SERVICE_PORT_GRPC": "50051", "PRELABEL_PORT_50051_TCP": "tcp://10.0.0.7:50051",
+                        "PRELABEL_PORT_50051_TCP_PROTO": "tcp", "PRELABEL_PORT_50051_TCP_PORT": "50051",
+                        "PRELABEL_PORT_50051_TCP_ADDR": "10.0.0.7"}.items():
+        monkeypatch.setenv(name, value)
     assert ServerSettings().device == "cuda:1"
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"prelabel_auth_tokens": "s3cret"}, "unknown setting prelabel_auth_tokens (did you mean PRELABEL_AUTH_TOKEN?)"),
+    ({"PRELABEL_PORT": "tcp://10.0.0.7:50051"}, "as Kubernetes sets PRELABEL_PORT for a Service named prelabel"),
+])
+def test_settings_read_in_any_case_and_kubernetes_port_addresses_are_explained(monkeypatch: pytest.MonkeyPatch,
+                                                                               env: dict, says: str) -> None:
+    from pydantic import ValidationError
+
+    from prelabel_server.settings import ServerSettings
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=re.escape(says)):
+        ServerSettings()
