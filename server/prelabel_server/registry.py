@@ -80,9 +80,11 @@ class ModelRegistry:
         fingerprint, so the repository watcher sees it as tried and leaves it until its files change."""
         if served.batcher is not None:
             served.batcher.stop()
+        # A card that cannot be read claims no name: it is listed by its folder's, and its own error
+        # (the card's) is what to fix, not a duplicate name.
+        error = served.error if served.card is None else f"duplicate model name {served.name!r} (also in {first.folder})"
         return ServedModel(f"{served.name}@{served.folder.name}", served.folder, "failed", served.card,
-                           error=f"duplicate model name {served.name!r} (also in {first.folder})",
-                           fingerprint=served.fingerprint)
+                           error=error, fingerprint=served.fingerprint)
 
     def _load(self, folder: Path) -> ServedModel:
         if not folder.is_dir():  # deleted since the server started: a reload has nothing to load
@@ -140,6 +142,9 @@ class ModelRegistry:
             gone = [name for name, m in self._models.items() if m.state == "failed" and not m.folder.is_dir()]
             for name in gone:
                 del self._models[name]
+            # A folder that comes back (moved out and in again keeps its files' times) is then new
+            for folder in [folder for folder in self._unloadable if not folder.is_dir()]:
+                del self._unloadable[folder]
         if gone:
             log.info("failed models %s dropped: their package folders are gone", gone)
             self._notify()

@@ -238,3 +238,41 @@ def test_reloading_a_package_whose_folder_is_gone_says_so(tmp_path: Path, repo_r
         registry.reload("roads")
     assert registry.get("roads").state == "ready"  # the version loaded before keeps serving
     registry.close()
+
+
+def test_a_broken_card_in_a_folder_named_like_a_served_model_shows_its_own_error(repository: Path,
+                                                                                 model_repository: Path):
+    """It was listed as a duplicate name, and the card's own error was only in the log."""
+    ModelPackage.open(model_repository / "unet").copy_to(repository / "x", name="roads")
+    registry = ModelRegistry(ServerSettings(model_repository=repository, backend="onnx", batching=False))
+    registry.load_all()
+    watcher = RepositoryWatcher(registry, repository, interval_seconds=60)
+    (repository / "roads").mkdir()
+    (repository / "roads" / CARD_FILE).write_text('{"name": "roads"')
+    watcher.poll()
+    watcher.poll()
+    failed = {m.name: m.error for m in registry.all() if m.state == "failed"}
+    assert list(failed) == ["roads@roads"] and "card.json" in failed["roads@roads"] and "duplicate" not in failed["roads@roads"]
+    assert registry.ready("roads").folder == repository / "x"
+    registry.close()
+
+
+def test_a_failed_folder_moved_out_and_back_is_listed_again(repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Moving keeps the files' times: the watcher took the returning folder for one already tried."""
+    registry = ModelRegistry(ServerSettings(model_repository=repository, backend="onnx", batching=False))
+    registry.load_all()
+    watcher = RepositoryWatcher(registry, repository, interval_seconds=60)
+    (repository / "broken").mkdir()
+    (repository / "broken" / CARD_FILE).write_text('{"name": "broken"')
+    watcher.poll()
+    watcher.poll()
+    assert "broken" in {m.name for m in registry.all() if m.state == "failed"}
+    aside = tmp_path_factory.mktemp("aside") / "broken"
+    shutil.move(str(repository / "broken"), str(aside))
+    watcher.poll()
+    assert "broken" not in {m.name for m in registry.all()}
+    shutil.move(str(aside), str(repository / "broken"))
+    watcher.poll()
+    watcher.poll()
+    assert "broken" in {m.name for m in registry.all() if m.state == "failed"}
+    registry.close()
