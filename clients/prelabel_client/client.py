@@ -28,6 +28,7 @@ from prelabel_proto import prelabel_pb2_grpc as pb_grpc
 from prelabel_proto.errors import (
     DeadlineExceeded,
     InvalidInput,
+    ModelNotFound,
     ModelUnavailable,
     PrelabelError,
     ResourceExhausted,
@@ -361,11 +362,16 @@ class PreLabelClient:
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The standard gRPC health status of ``service`` ("" is the whole server, ``models/NAME``
-        one model): "SERVING", "NOT_SERVING" or "SERVICE_UNKNOWN"; health needs no token."""
+        one model): "SERVING", "NOT_SERVING", or "SERVICE_UNKNOWN" for a model no longer served;
+        ModelNotFound for a name the server never had. Health needs no token."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        response = self._call(health_pb2_grpc.HealthStub(self._channel).Check,
-                              health_pb2.HealthCheckRequest(service=service), timeout)
+        try:
+            response = self._call(health_pb2_grpc.HealthStub(self._channel).Check,
+                                  health_pb2.HealthCheckRequest(service=service), timeout)
+        except ModelNotFound as exc:  # gRPC's health service says NOT_FOUND and nothing else
+            raise ModelNotFound(f"no health service {service!r} on this server: use '' for the server, "
+                                "or models/NAME for one model (`prelabel models` lists them)") from exc
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def models(self, timeout: float | None = None) -> list[ModelInfo]:

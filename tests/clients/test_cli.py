@@ -102,3 +102,8 @@ def test_health_of_no_server_fails(tmp_path: Path) -> None:
         address = f"127.0.0.1:{probe.getsockname()[1]}"
     result = _prelabel("health", "--server", address, "--timeout", "3")
     assert result.returncode == 1 and "UNAVAILABLE" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_health_of_a_service_the_server_never_had_says_what_names_exist(onnx_server: RunningServer) -> None:
+    result = _prelabel("health", "--service", "deeplab", "--server", onnx_server.address, "--timeout", "10")
+    assert result.returncode == 1 and "no health service 'deeplab'" in result.stderr and "models/NAME" in result.stderr
