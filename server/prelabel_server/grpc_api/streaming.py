@@ -17,7 +17,6 @@ RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 
 
-
 class _ReaderDone:
     def __init__(self, submitted: int) -> None:
         self.submitted = submitted
@@ -38,14 +37,12 @@ def process_stream(requests: Iterator[RequestT], handle: Callable[[RequestT], Re
     in_flight: set[str] = set()  # touched by the reader and this generator's thread
     in_flight_lock = threading.Lock()
 
-    def claim(request: RequestT) -> str | None:
-        """The request's id, now in flight; None where it needs none, or already was (refused)."""
-        key = item_id(request) if item_id is not None else None
+    def claim(key: str) -> bool:
+        """Whether ``key`` was free; it is in flight now either way."""
         with in_flight_lock:
-            if key is None or key in in_flight:
-                return None
+            free = key not in in_flight
             in_flight.add(key)
-            return key
+            return free
 
     def read() -> None:
         submitted = 0
@@ -57,11 +54,11 @@ def process_stream(requests: Iterator[RequestT], handle: Callable[[RequestT], Re
                 if stop.is_set():
                     slots.release()
                     return
-                key = claim(request)
-                if key is None and item_id is not None:
+                key = item_id(request) if item_id is not None else None
+                if key is not None and not claim(key):
                     refused: Future = Future()
                     refused.set_result(refuse_repeat(request))
-                    finished.put((None, refused))
+                    finished.put((None, refused))  # the first request of that id keeps it claimed
                 else:
                     executor.submit(handle, request).add_done_callback(lambda done, key=key: finished.put((key, done)))
                 submitted += 1
