@@ -3,6 +3,7 @@ silently: each one is written or listed as failed with its error."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sys
@@ -16,7 +17,13 @@ from tqdm import tqdm
 
 from prelabel_client.client import PreLabelClient
 from prelabel_client.coco import CocoFile
-from prelabel_client.outputs import SMALL_RANGE_MEASURES, OutputWriteError, output_names, write_prediction
+from prelabel_client.outputs import (
+    OUTPUT_KEYS,
+    SMALL_RANGE_MEASURES,
+    OutputWriteError,
+    output_names,
+    write_prediction,
+)
 from prelabel_client.results import FailedPrediction, Prediction
 from prelabel_proto.errors import PrelabelError, ResourceExhausted
 
@@ -29,13 +36,15 @@ class BatchReport:
     written: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     coco_file: Path | None = None
+    kept: int = 0  # written by a previous run and kept (``resume``)
 
     @property
     def failed(self) -> int:
         return len(self.failures)
 
     def describe(self) -> str:
-        lines = [f"{self.written} images pre-annotated; results in {self.out_dir.resolve()}"]
+        kept = f" ({self.kept} of them kept from the previous run)" if self.kept else ""
+        lines = [f"{self.written + self.kept} images pre-annotated{kept}; results in {self.out_dir.resolve()}"]
         if self.coco_file is not None:
             lines.append(f"COCO file (per-class masks as RLE): {self.coco_file.resolve()}")
         lines += [f"FAILED {name}: {error}" for name, error in self.failures.items()]
@@ -43,7 +52,8 @@ class BatchReport:
 
 
 def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, model: str = "",
-                  measure: str = "entropy", patience_s: float = 600.0, coco: bool = False) -> BatchReport:
+                  measure: str = "entropy", patience_s: float = 600.0, coco: bool = False,
+                  resume: bool = False) -> BatchReport:
     """Pre-annotates ``images`` into ``out_dir`` over one stream. A server at its limit of open
     streams or calls refuses the stream before any image is processed; the job then waits its turn
     (up to ``patience_s``) instead of failing.
@@ -57,24 +67,37 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     before the error propagates.
 
     ``coco`` also writes ``coco.json``: every written image's per-class masks as one COCO file
-    (see ``CocoFile``), at the end of the job, and with the images done so far if it stops early."""
+    (see ``CocoFile``), at the end of the job, and with the images done so far if it stops early.
+
+    ``resume`` continues a job cut short in the same ``out_dir``: an image the previous manifest
+    lists as written, by the same model version and measure, whose files are all still there (and,
+    with ``coco``, that the previous ``coco.json`` holds) is kept and not sent again; every other
+    image is done (again). Kept entries open the new manifest."""
     images = [Path(image) for image in images]
+    previous = _previous_entries(out_dir) if resume else {}
     manifest = _open_manifest(out_dir, images)
     report = BatchReport(out_dir)
-    done = 0
+    todo, done = images, 0
     collected: CocoFile | None = None
     try:
-        names = output_names(images, out_dir)
+        names = dict(zip(images, output_names(images, out_dir)))
         served = client.model(model)
         collected = CocoFile(served.classes, images, f"{served.name} v{served.version}") if coco else None
+        stamp = {"model": served.name, "model_version": served.version, "measure": measure}
+        kept = [image for image in images if _keeps(previous.get(str(image)), stamp)]
+        if collected is not None:
+            kept = collected.restore(out_dir / "coco.json", kept)  # an image not in the old file is done again
+        for image in kept:
+            _append(manifest, previous[str(image)])
+        report.kept, kept_names = len(kept), {str(image) for image in kept}
+        todo = [image for image in images if str(image) not in kept_names]
         outputs = ("mask", "uncertainty", "class_segments") if coco else ("mask", "uncertainty")
         precision = "png_uint16" if measure in SMALL_RANGE_MEASURES else "png_uint8"
-        results = stream_when_admitted(lambda: client.predict_many(images, raise_on_error=False, model=model,
+        results = stream_when_admitted(lambda: client.predict_many(todo, raise_on_error=False, model=model,
                                                                     measure=measure, outputs=outputs,
                                                                     uncertainty_format=precision), patience_s)
-        for image, name, result in tqdm(zip(images, names, results), total=len(images), unit="img",
-                                        desc="pre-annotating"):
-            entry = _written(result, image, name, out_dir, served.palette)
+        for image, result in tqdm(zip(todo, results), total=len(todo), unit="img", desc="pre-annotating"):
+            entry = _written(result, image, names[image], out_dir, served.palette, stamp)
             if "error" in entry:
                 report.failures[str(image)] = entry["error"]
             else:
@@ -83,7 +106,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
                     collected.add(image, result)
             _append(manifest, entry)
             done += 1
-        for image in images[done:]:  # a stream that ended without an answer for every image
+        for image in todo[done:]:  # a stream that ended without an answer for every image
             report.failures[str(image)] = "no result: the stream ended before this image was processed"
             _append(manifest, {"image": str(image), "error": report.failures[str(image)]})
             done += 1
@@ -92,7 +115,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     except BaseException as exc:
         error = f"not processed: {_describe(exc)}"
         try:
-            for image in images[done:]:
+            for image in todo[done:]:
                 _append(manifest, {"image": str(image), "error": error})
             if collected is not None:
                 _write_coco(collected, out_dir)
@@ -110,15 +133,39 @@ def _write_coco(collected: CocoFile, out_dir: Path) -> Path:
     return path
 
 
+def _previous_entries(out_dir: Path) -> dict[str, dict]:
+    """A previous run's manifest entries by image, as given; a line cut short by a crash is none."""
+    entries = {}
+    try:
+        lines = (out_dir / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and isinstance(entry.get("image"), str):
+                entries[entry["image"]] = entry
+    return entries
+
+
+def _keeps(entry: dict | None, stamp: dict[str, str]) -> bool:
+    """Whether a previous run's entry stands: written by the same model version and measure, and
+    every file it lists still there."""
+    if entry is None or "error" in entry or any(entry.get(key) != value for key, value in stamp.items()):
+        return False
+    files = [entry[key] for key in OUTPUT_KEYS if key in entry]
+    return "summary" in entry and all(isinstance(path, str) and Path(path).is_file() for path in files)
+
+
 def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_dir: Path,
-             palette: list[tuple[int, int, int]]) -> dict[str, str]:
-    """The manifest entry of one image: its files once written, or its error (the server's, or a
-    file that could not be written)."""
+             palette: list[tuple[int, int, int]], stamp: dict[str, str]) -> dict[str, str]:
+    """The manifest entry of one image: its files once written (and the model version and measure
+    that made them), or its error (the server's, or a file that could not be written)."""
     if isinstance(result, FailedPrediction):
         prefix = "" if result.answered else "not processed: "
         return {"image": str(image), "error": prefix + result.error.describe()}
     try:
-        return {"image": str(image), **write_prediction(result, image, out_dir, palette, name=name)}
+        return {"image": str(image), **write_prediction(result, image, out_dir, palette, name=name), **stamp}
     except OutputWriteError as exc:
         return {"image": str(image), "error": f"not written: {exc}"}
 

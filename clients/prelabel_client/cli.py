@@ -92,7 +92,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     with _connect(args) as client:
         report = predict_files(client, args.images, args.out, model=args.model, measure=args.measure,
-                               coco=args.coco)
+                               coco=args.coco, resume=args.resume)
     print(report.describe())
     return 0 if report.failed == 0 else 1
 
@@ -255,7 +255,9 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--model", default="", help="model name (default: the server's default model)")
     predict.add_argument("--measure", default="entropy", choices=MEASURES, help="uncertainty measure (default entropy)")
     predict.add_argument("--coco", action="store_true",
-                         help="also write OUT/coco.json: per-class masks (RLE) for CVAT, Label Studio, pycocotools")
+                         help="also write OUT/coco.json: per-class masks as COCO RLE (CVAT, pycocotools, datumaro)")
+    predict.add_argument("--resume", action="store_true",
+                         help="continue a job cut short in --out: keep the images its manifest lists as written")
     _add_client_options(predict)
     predict.set_defaults(handler=_predict)
 

@@ -52,6 +52,9 @@ OUTPUT_SUFFIXES = ("_mask.png", "_overlay.png", "_uncertainty.png", ".json")
 """What ``write_prediction`` appends to an image's output name; no two of them can end alike, so
 two images' files can only clash when their output names do."""
 
+OUTPUT_KEYS = ("mask", "overlay", "uncertainty", "summary")
+"""The files ``write_prediction`` returns, by key (a batch job's manifest lists them so)."""
+
 
 class OutputWriteError(OSError):
     """An output file could not be written (a name too long for the file system, a full disk...)."""

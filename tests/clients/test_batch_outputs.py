@@ -30,6 +30,7 @@ from prelabel_server.grpc_api.server import RunningServer, start_server
 from prelabel_server.settings import ServerSettings
 
 FILE_KEYS = ("mask", "overlay", "uncertainty", "summary")
+STAMP_KEYS = ("model", "model_version", "measure")  # what made the files: a resumed job keeps only its own
 
 
 def _write(path: Path, rgb: np.ndarray) -> Path:
@@ -60,7 +61,7 @@ def test_same_stems_in_different_folders_get_their_own_outputs(onnx_client: PreL
     files = [path for entry in manifest for path in _listed_files(entry)]
     assert len(files) == 16 and len(set(files)) == 16, "two inputs share an output file"
     for entry in manifest:
-        assert set(entry) == {"image", *FILE_KEYS}
+        assert set(entry) == {"image", *FILE_KEYS, *STAMP_KEYS}
         assert all(Path(path).is_file() for path in _listed_files(entry))
         assert json.loads(Path(entry["summary"]).read_text())["image"] == entry["image"]
     # each overlay is made from its own input (the inputs differ: flipped copies)
@@ -106,7 +107,7 @@ def test_an_output_that_cannot_be_written_is_a_reported_failure(onnx_client: Pre
     manifest = _manifest(out)
     assert [entry["image"] for entry in manifest] == list(map(str, images))
     assert set(manifest[0]) == {"image", "error"} and "not written" in manifest[0]["error"]
-    assert set(manifest[1]) == {"image", *FILE_KEYS}
+    assert set(manifest[1]) == {"image", *FILE_KEYS, *STAMP_KEYS}
     assert all(Path(path).is_file() for entry in manifest for path in _listed_files(entry))
     assert sorted(path.name for path in out.iterdir()) == sorted(
         ["manifest.jsonl", "short_mask.png", "short_overlay.png", "short_uncertainty.png", "short.json"])
@@ -167,7 +168,7 @@ def test_a_stream_lost_mid_job_leaves_a_manifest_of_what_was_done_and_what_was_n
     # results that arrived behind an unanswered image are written too: each failure is the stream's error
     assert all(raised.value.message in entry["error"] for entry in failed)
     for entry in finished:
-        assert set(entry) == {"image", *FILE_KEYS} and all(Path(path).is_file() for path in _listed_files(entry))
+        assert set(entry) == {"image", *FILE_KEYS, *STAMP_KEYS} and all(Path(path).is_file() for path in _listed_files(entry))
     assert all(entry["error"].startswith("not processed: ") for entry in failed)
     coco = json.loads((out / "coco.json").read_text())  # written for the images done before the stream died
     assert [image["file_name"] for image in coco["images"]] == [Path(entry["image"]).name for entry in finished]
@@ -304,3 +305,39 @@ def test_a_coco_job_writes_every_written_image_s_classes_as_rle(onnx_client: Pre
             np.testing.assert_array_equal(coco.annToMask(annotation).astype(bool),
                                           mask == annotation["category_id"] - 1)
             assert 0 < annotation["score"] <= 1 and annotation["area"] == coco.annToMask(annotation).sum()
+
+
+def test_a_resumed_job_keeps_what_was_written_and_does_the_rest(onnx_client: PreLabelClient, camvid_val_images,
+                                                               tmp_path: Path) -> None:
+    """A batch job cut short had to start again from the first image."""
+    from prometheus_client import REGISTRY
+
+    def served() -> float:
+        return REGISTRY.get_sample_value("prelabel_requests_total", {"model": "deeplab", "outcome": "ok"}) or 0.0
+
+    images = camvid_val_images[10:16]
+    out = tmp_path / "out"
+    first = predict_files(onnx_client, images[:3], out, coco=True)  # the job that stopped after three images
+    assert first.written == 3
+    entries = _manifest(out)
+    with (out / "manifest.jsonl").open("a") as manifest:
+        manifest.write('{"image": "' + str(images[3]))  # the line a crash cut short
+    Path(entries[1]["overlay"]).unlink()  # a file gone: that image is done again
+    kept_mask = Path(entries[0]["mask"])
+    kept_time = kept_mask.stat().st_mtime_ns
+    before = served()
+    report = predict_files(onnx_client, images, out, coco=True, resume=True)
+    assert (report.kept, report.written, report.failed) == (2, 4, 0)
+    assert served() - before == 4, "only the images not kept were sent"
+    assert "6 images pre-annotated (2 of them kept from the previous run)" in report.describe()
+    manifest = _manifest(out)
+    assert sorted(entry["image"] for entry in manifest) == sorted(map(str, images))
+    assert all(Path(path).is_file() for entry in manifest for path in _listed_files(entry))
+    assert kept_mask.stat().st_mtime_ns == kept_time
+    coco = json.loads((out / "coco.json").read_text())
+    assert sorted(image["file_name"] for image in coco["images"]) == sorted(image.name for image in images)
+    assert {a["image_id"] for a in coco["annotations"]} == {image["id"] for image in coco["images"]}
+    assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
+    # another measure made other heat maps: nothing is kept
+    other = predict_files(onnx_client, images[:2], out, measure="margin", resume=True)
+    assert (other.kept, other.written) == (0, 2)

@@ -43,7 +43,9 @@ def test_a_missing_file_is_reported_as_failed_and_the_others_are_written(predict
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [entry["image"] for entry in manifest] == list(map(str, images))
     assert "error" in manifest[1] and "does-not-exist.png" in manifest[1]["error"]
-    assert set(manifest[0]) == {"image", "mask", "overlay", "uncertainty", "summary"}
+    assert set(manifest[0]) == {"image", "mask", "overlay", "uncertainty", "summary", "model", "model_version",
+                                "measure"}
+    assert (manifest[0]["model"], manifest[0]["measure"]) == ("deeplab", "entropy")
 
 
 def test_the_mask_is_a_palette_png_of_class_ids(predicted, onnx_client: PreLabelClient) -> None:
