@@ -16,9 +16,10 @@ from typing import TextIO, TypeVar
 from tqdm import tqdm
 
 from prelabel_client.client import PreLabelClient
-from prelabel_client.coco import CocoFile
+from prelabel_client.coco import CocoFile, image_entry
 from prelabel_client.outputs import (
     OUTPUT_KEYS,
+    OUTPUT_SUFFIXES,
     SMALL_RANGE_MEASURES,
     OutputWriteError,
     output_names,
@@ -69,44 +70,55 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     ``coco`` also writes ``coco.json``: every written image's per-class masks as one COCO file
     (see ``CocoFile``), at the end of the job, and with the images done so far if it stops early.
 
-    ``resume`` continues a job cut short in the same ``out_dir``: an image the previous manifest
-    lists as written, by the same model version and measure, whose files are all still there (and,
-    with ``coco``, that the previous ``coco.json`` holds) is kept and not sent again; every other
-    image is done (again). Kept entries open the new manifest."""
+    ``resume`` continues a job cut short in the same ``out_dir``: an image whose previous manifest
+    entry says it was written, by the model version and measure now served, and whose files are
+    all in ``out_dir`` under its output name (with ``coco``, its JSON holding its COCO part) is
+    kept and not sent again; every other image is done (again). The previous manifest is only
+    replaced once the server has answered, and the kept entries open the new one."""
     images = [Path(image) for image in images]
+    _check_output_folder(out_dir, images)
     previous = _previous_entries(out_dir) if resume else {}
-    manifest = _open_manifest(out_dir, images)
+    manifest = None if resume else _open_manifest(out_dir)
     report = BatchReport(out_dir)
-    todo, done = images, 0
+    todo: list[tuple[Path, str]] = []
+    done = 0
     collected: CocoFile | None = None
     try:
-        names = dict(zip(images, output_names(images, out_dir)))
+        names = output_names(images, out_dir)
+        todo = list(zip(images, names))
         served = client.model(model)
         collected = CocoFile(served.classes, images, f"{served.name} v{served.version}") if coco else None
-        stamp = {"model": served.name, "model_version": served.version, "measure": measure}
-        kept = [image for image in images if _keeps(previous.get(str(image)), stamp)]
-        if collected is not None:
-            kept = collected.restore(out_dir / "coco.json", kept)  # an image not in the old file is done again
-        for image in kept:
-            _append(manifest, previous[str(image)])
-        report.kept, kept_names = len(kept), {str(image) for image in kept}
-        todo = [image for image in images if str(image) not in kept_names]
+        wanted = {"model": served.name, "model_version": served.version, "measure": measure}
+        kept = {}
+        for image, name in todo:
+            entry = _kept_entry(previous.get((str(image), name)), out_dir, name, wanted, coco)
+            if entry is not None:
+                kept[(str(image), name)] = entry
+        if manifest is None:
+            manifest = _open_manifest(out_dir)
+        for (image, name), entry in kept.items():
+            _append(manifest, entry)
+            if collected is not None:
+                collected.add(Path(image), _saved_json(Path(entry["summary"]))["coco"])
+        report.kept = len(kept)
+        todo = [(image, name) for image, name in todo if (str(image), name) not in kept]
         outputs = ("mask", "uncertainty", "class_segments") if coco else ("mask", "uncertainty")
         precision = "png_uint16" if measure in SMALL_RANGE_MEASURES else "png_uint8"
-        results = stream_when_admitted(lambda: client.predict_many(todo, raise_on_error=False, model=model,
-                                                                    measure=measure, outputs=outputs,
+        results = stream_when_admitted(lambda: client.predict_many([image for image, _ in todo], raise_on_error=False,
+                                                                    model=model, measure=measure, outputs=outputs,
                                                                     uncertainty_format=precision), patience_s)
-        for image, result in tqdm(zip(todo, results), total=len(todo), unit="img", desc="pre-annotating"):
-            entry = _written(result, image, names[image], out_dir, served.palette, stamp)
+        for (image, name), result in tqdm(zip(todo, results), total=len(todo), unit="img", desc="pre-annotating"):
+            part = image_entry(result) if collected is not None and isinstance(result, Prediction) else None
+            entry = _written(result, image, name, out_dir, served.palette, measure, part)
             if "error" in entry:
                 report.failures[str(image)] = entry["error"]
             else:
                 report.written += 1
-                if collected is not None:
-                    collected.add(image, result)
+                if part is not None:
+                    collected.add(image, part)
             _append(manifest, entry)
             done += 1
-        for image in todo[done:]:  # a stream that ended without an answer for every image
+        for image, _ in todo[done:]:  # a stream that ended without an answer for every image
             report.failures[str(image)] = "no result: the stream ended before this image was processed"
             _append(manifest, {"image": str(image), "error": report.failures[str(image)]})
             done += 1
@@ -115,15 +127,17 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     except BaseException as exc:
         error = f"not processed: {_describe(exc)}"
         try:
-            for image in todo[done:]:
-                _append(manifest, {"image": str(image), "error": error})
+            if manifest is not None:  # a resumed job that never reached the server keeps its manifest
+                for image, _ in todo[done:]:
+                    _append(manifest, {"image": str(image), "error": error})
             if collected is not None:
                 _write_coco(collected, out_dir)
         except OSError:  # the outputs themselves cannot be written: the job's own error matters more
             pass
         raise
     finally:
-        manifest.close()
+        if manifest is not None:
+            manifest.close()
     return report
 
 
@@ -133,39 +147,56 @@ def _write_coco(collected: CocoFile, out_dir: Path) -> Path:
     return path
 
 
-def _previous_entries(out_dir: Path) -> dict[str, dict]:
-    """A previous run's manifest entries by image, as given; a line cut short by a crash is none."""
+def _previous_entries(out_dir: Path) -> dict[tuple[str, str], dict]:
+    """A previous run's manifest entries of written images, by image (as given) and output name; a
+    line cut short by a crash, or not UTF-8, is none."""
     entries = {}
     try:
-        lines = (out_dir / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        lines = (out_dir / "manifest.jsonl").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
         return {}
     for line in lines:
         with contextlib.suppress(ValueError):
             entry = json.loads(line)
-            if isinstance(entry, dict) and isinstance(entry.get("image"), str):
-                entries[entry["image"]] = entry
+            if isinstance(entry, dict) and isinstance(entry.get("image"), str) and isinstance(entry.get("summary"), str):
+                entries[(entry["image"], Path(entry["summary"]).stem)] = entry
     return entries
 
 
-def _keeps(entry: dict | None, stamp: dict[str, str]) -> bool:
-    """Whether a previous run's entry stands: written by the same model version and measure, and
-    every file it lists still there."""
-    if entry is None or "error" in entry or any(entry.get(key) != value for key, value in stamp.items()):
-        return False
-    files = [entry[key] for key in OUTPUT_KEYS if key in entry]
-    return "summary" in entry and all(isinstance(path, str) and Path(path).is_file() for path in files)
+def _kept_entry(entry: dict | None, out_dir: Path, name: str, wanted: dict[str, str], coco: bool) -> dict | None:
+    """A previous entry that stands, with its files' paths as they are now (``out_dir`` may be
+    named otherwise than last time): written by the model version and measure wanted, every file
+    it lists there and not empty, and with ``coco`` its COCO part saved in its JSON."""
+    if entry is None or "error" in entry or any(entry.get(key) != value for key, value in wanted.items()):
+        return None
+    files = {key: out_dir / f"{name}{suffix}" for key, suffix in zip(OUTPUT_KEYS, OUTPUT_SUFFIXES) if key in entry}
+    if not all(path.is_file() and path.stat().st_size > 0 for path in files.values()):
+        return None
+    if coco and not isinstance(_saved_json(files["summary"]).get("coco"), dict):
+        return None
+    return {**entry, **{key: str(path) for key, path in files.items()}}
+
+
+def _saved_json(path: Path) -> dict:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_dir: Path,
-             palette: list[tuple[int, int, int]], stamp: dict[str, str]) -> dict[str, str]:
+             palette: list[tuple[int, int, int]], measure: str, coco_part: dict | None) -> dict[str, str]:
     """The manifest entry of one image: its files once written (and the model version and measure
     that made them), or its error (the server's, or a file that could not be written)."""
     if isinstance(result, FailedPrediction):
         prefix = "" if result.answered else "not processed: "
         return {"image": str(image), "error": prefix + result.error.describe()}
     try:
-        return {"image": str(image), **write_prediction(result, image, out_dir, palette, name=name), **stamp}
+        files = write_prediction(result, image, out_dir, palette, name=name,
+                                 extra=None if coco_part is None else {"coco": coco_part})
+        return {"image": str(image), **files, "model": result.model, "model_version": result.model_version,
+                "measure": measure}
     except OutputWriteError as exc:
         return {"image": str(image), "error": f"not written: {exc}"}
 
@@ -175,21 +206,26 @@ class OutputFolderError(OSError):
     says it in one line and exits 2, like any unusable input)."""
 
 
-def _open_manifest(out_dir: Path, images: list[Path]) -> TextIO:
-    """Creates ``out_dir`` and opens its ``manifest.jsonl`` for writing, before anything is asked
-    of the server; a path that is a file, a folder that cannot be written, or a manifest that is
-    one of the inputs raises OutputFolderError."""
+def _check_output_folder(out_dir: Path, images: list[Path]) -> None:
+    """Creates ``out_dir`` and checks that its ``manifest.jsonl`` can be written (without emptying
+    it: a resumed job still needs it), before anything is asked of the server; a path that is a
+    file, a folder that cannot be written, or a manifest that is one of the inputs raises
+    OutputFolderError."""
     manifest = out_dir / "manifest.jsonl"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         if manifest.exists() and any(image.exists() and manifest.samefile(image) for image in images):
             raise OutputFolderError(f"cannot write results to {out_dir}: {manifest} is one of the inputs")
-        return manifest.open("w", encoding="utf-8")
+        manifest.open("a", encoding="utf-8").close()
     except OutputFolderError:
         raise
     except OSError as exc:
         reason = "it is a file, not a folder" if out_dir.exists() and not out_dir.is_dir() else exc.strerror or exc
         raise OutputFolderError(f"cannot write results to {out_dir}: {reason}") from exc
+
+
+def _open_manifest(out_dir: Path) -> TextIO:
+    return (out_dir / "manifest.jsonl").open("w", encoding="utf-8")
 
 
 def _append(manifest: TextIO, entry: dict[str, str]) -> None:

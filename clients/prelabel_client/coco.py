@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,6 +14,16 @@ from prelabel_client.results import Prediction
 
 # COCO's category ids start at 1; the mask's class ids start at 0.
 CATEGORY_ID_OFFSET = 1
+
+
+def image_entry(prediction: Prediction) -> dict:
+    """One image's part of the file: its size and one annotation per class present (``prediction``
+    asked for the "class_segments" output). A batch job also keeps it in the image's own JSON, so a
+    resumed job rebuilds the file from what each kept image was given, and nothing else."""
+    return {"height": prediction.response.height, "width": prediction.response.width,
+            "annotations": [{"category_id": segment.class_id + CATEGORY_ID_OFFSET, "segmentation": segment.rle,
+                             "area": segment.area, "bbox": list(segment.box), "iscrowd": 0,
+                             "score": round(segment.score, 4)} for segment in prediction.class_segments]}
 
 
 class CocoFile:
@@ -36,37 +45,11 @@ class CocoFile:
         self._images: list[dict] = []
         self._annotations: list[dict] = []
 
-    def add(self, image: Path, prediction: Prediction) -> None:
-        """Adds ``image`` (one of the job's) and one annotation per segment of ``prediction``, which
-        must have been asked for with the "class_segments" output."""
-        image_id = self._add_image(image, prediction.response.height, prediction.response.width)
-        for segment in prediction.class_segments:
-            self._add_annotation({
-                "image_id": image_id, "category_id": segment.class_id + CATEGORY_ID_OFFSET,
-                "segmentation": segment.rle, "area": segment.area, "bbox": list(segment.box), "iscrowd": 0,
-                "score": round(segment.score, 4)})
-
-    def restore(self, path: Path, images: list[Path]) -> list[Path]:
-        """Adds those of ``images`` that a previous run's file at ``path`` holds, with their
-        annotations (a resumed job keeps them without asking again); returns them. An unreadable
-        or missing file holds none."""
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-            by_name = {entry["file_name"]: entry for entry in previous["images"]}
-            annotations = defaultdict(list)
-            for annotation in previous["annotations"]:
-                annotations[annotation["image_id"]].append(annotation)
-        except (OSError, ValueError, KeyError, TypeError):
-            return []
-        found = []
-        for image in images:
-            entry = by_name.get(self._file_name(image))
-            if entry is not None:
-                image_id = self._add_image(image, entry["height"], entry["width"])
-                for annotation in annotations[entry["id"]]:
-                    self._add_annotation({**annotation, "image_id": image_id})
-                found.append(image)
-        return found
+    def add(self, image: Path, entry: dict) -> None:
+        """Adds ``image`` (one of the job's) with its ``image_entry``."""
+        image_id = self._add_image(image, entry["height"], entry["width"])
+        for annotation in entry["annotations"]:
+            self._annotations.append({"id": len(self._annotations) + 1, "image_id": image_id, **annotation})
 
     def _file_name(self, image: Path) -> str:
         return _absolute(image).relative_to(self.image_root).as_posix()
@@ -76,8 +59,6 @@ class CocoFile:
         self._images.append({"id": image_id, "file_name": self._file_name(image), "height": height, "width": width})
         return image_id
 
-    def _add_annotation(self, annotation: dict) -> None:
-        self._annotations.append({**annotation, "id": len(self._annotations) + 1})
 
     def write(self, path: Path) -> None:
         """Writes the file whole or not at all (OutputWriteError if it cannot be written)."""

@@ -115,10 +115,11 @@ def _write_image(path: Path, image: np.ndarray) -> None:
 
 
 def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
-                     palette: list[tuple[int, int, int]], *, name: str | None = None) -> dict[str, str]:
+                     palette: list[tuple[int, int, int]], *, name: str | None = None,
+                     extra: dict | None = None) -> dict[str, str]:
     """Writes ``<name>_mask.png`` (the server's palette PNG, class ids as pixel values),
     ``<name>_overlay.png``, ``<name>_uncertainty.png`` and ``<name>.json`` (``name`` defaults to
-    the image's stem); returns their paths. A file that cannot be written raises OutputWriteError,
+    the image's stem; ``extra`` goes into the JSON too); returns their paths. A file that cannot be written raises OutputWriteError,
     after removing the files this call had already written; an interrupt removes them too."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(image_path).stem if name is None else name
@@ -146,7 +147,8 @@ def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
         write_whole(summary_path, json.dumps({
             "image": str(image_path), "model": prediction.model, "model_version": prediction.model_version,
             "backend": prediction.backend, "device": prediction.device, "summary": asdict(prediction.summary),
-            "timings_ms": prediction.timings_ms, "heat_map_scale": scale, "files": written}, indent=2).encode())
+            "timings_ms": prediction.timings_ms, "heat_map_scale": scale, "files": written, **(extra or {})},
+            indent=2).encode())
         written["summary"] = str(summary_path)
     except BaseException:  # a failed write or an interrupt: the image leaves no files the manifest disowns
         for path in written.values():

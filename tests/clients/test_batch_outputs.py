@@ -323,7 +323,13 @@ def test_a_resumed_job_keeps_what_was_written_and_does_the_rest(onnx_client: Pre
     with (out / "manifest.jsonl").open("a") as manifest:
         manifest.write('{"image": "' + str(images[3]))  # the line a crash cut short
     Path(entries[1]["overlay"]).unlink()  # a file gone: that image is done again
-    kept_mask = Path(entries[0]["mask"])
+    (out / "coco.json").unlink()  # killed (SIGKILL) before coco.json was written: each image's JSON holds its part
+    manifest_before = (out / "manifest.jsonl").read_bytes()
+    with PreLabelClient(_closed_port_address(), timeout=5, retries=0) as nobody, pytest.raises(PrelabelError):
+        predict_files(nobody, images, out, coco=True, resume=True)
+    assert (out / "manifest.jsonl").read_bytes() == manifest_before, "a resume that never reached the server kept it"
+    out = out.rename(tmp_path / "moved")  # the folder renamed: its files are found under its new name
+    kept_mask = out / Path(entries[0]["mask"]).name
     kept_time = kept_mask.stat().st_mtime_ns
     before = served()
     report = predict_files(onnx_client, images, out, coco=True, resume=True)
@@ -338,6 +344,17 @@ def test_a_resumed_job_keeps_what_was_written_and_does_the_rest(onnx_client: Pre
     assert sorted(image["file_name"] for image in coco["images"]) == sorted(image.name for image in images)
     assert {a["image_id"] for a in coco["annotations"]} == {image["id"] for image in coco["images"]}
     assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
+    assert all(Path(entry["mask"]).parent == out for entry in manifest)
     # another measure made other heat maps: nothing is kept
     other = predict_files(onnx_client, images[:2], out, measure="margin", resume=True)
     assert (other.kept, other.written) == (0, 2)
+
+
+def test_an_image_given_twice_keeps_two_sets_of_files_when_resumed(onnx_client: PreLabelClient, camvid_val_images,
+                                                                   tmp_path: Path) -> None:
+    images = [camvid_val_images[20], camvid_val_images[20]]
+    out = tmp_path / "out"
+    predict_files(onnx_client, images, out)
+    first = [entry["mask"] for entry in _manifest(out)]
+    report = predict_files(onnx_client, images, out, resume=True)
+    assert report.kept == 2 and [entry["mask"] for entry in _manifest(out)] == first and len(set(first)) == 2
