@@ -34,9 +34,7 @@ def _rewrite_card(folder: Path, **fields: object) -> None:
 
 
 def test_a_change_is_loaded_only_once_the_package_has_settled(repository: Path, model_repository: Path):
-    registry = ModelRegistry(ServerSettings(model_repository=repository, backend="onnx", batching=False))
-    registry.load_all()
-    watcher = RepositoryWatcher(registry, repository, interval_seconds=60)
+    registry, watcher = _watch(repository)
     assert watcher.poll() == []  # first look: nothing changed since loading
     _rewrite_card(repository / "watched", version="2")
     assert watcher.poll() == [], "changed since the last poll: it may still be being copied"
@@ -77,9 +75,7 @@ def test_a_package_added_later_does_not_take_over_the_default(repository: Path, 
                                                               caplog: pytest.LogCaptureFixture):
     """Without PRELABEL_DEFAULT_MODEL the default was the first ready name on every request: a new
     package named "aaa" took every request that names no model, silently."""
-    registry = ModelRegistry(ServerSettings(model_repository=repository, backend="onnx", batching=False))
-    registry.load_all()
-    watcher = RepositoryWatcher(registry, repository, interval_seconds=60)
+    registry, watcher = _watch(repository)
     assert registry.default_name == "watched"
     ModelPackage.open(model_repository / "unet").copy_to(repository / "aaa", name="aaa")
     watcher.poll()
@@ -98,11 +94,8 @@ def test_a_new_package_that_cannot_be_read_is_listed_failed_and_a_failed_one_rem
         repository: Path, model_repository: Path):
     """A new folder with a broken card was in no listing until a restart (only the log said so);
     a failed duplicate whose folder was deleted stayed NOT_SERVING until a restart."""
-    registry = ModelRegistry(ServerSettings(model_repository=repository, backend="onnx", batching=False))
-    registry.load_all()
-    watcher = RepositoryWatcher(registry, repository, interval_seconds=60)
-    (repository / "broken").mkdir()
-    (repository / "broken" / CARD_FILE).write_text('{"name": "broken"')
+    registry, watcher = _watch(repository)
+    _broken_card(repository / "broken")
     ModelPackage.open(model_repository / "unet").copy_to(repository / "copy", name="watched")  # a duplicate name
     watcher.poll()
     watcher.poll()
@@ -137,6 +130,12 @@ def _watch(repository: Path) -> tuple[ModelRegistry, RepositoryWatcher]:
     watcher = RepositoryWatcher(registry, repository, interval_seconds=60)
     assert watcher.poll() == []
     return registry, watcher
+
+
+def _broken_card(folder: Path) -> None:
+    """A package folder whose card is cut short: it cannot be read."""
+    folder.mkdir()
+    (folder / CARD_FILE).write_text(f'{{"name": "{folder.name}"')
 
 
 def _errors_about(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -244,11 +243,8 @@ def test_a_broken_card_in_a_folder_named_like_a_served_model_shows_its_own_error
                                                                                  model_repository: Path):
     """It was listed as a duplicate name, and the card's own error was only in the log."""
     ModelPackage.open(model_repository / "unet").copy_to(repository / "x", name="roads")
-    registry = ModelRegistry(ServerSettings(model_repository=repository, backend="onnx", batching=False))
-    registry.load_all()
-    watcher = RepositoryWatcher(registry, repository, interval_seconds=60)
-    (repository / "roads").mkdir()
-    (repository / "roads" / CARD_FILE).write_text('{"name": "roads"')
+    registry, watcher = _watch(repository)
+    _broken_card(repository / "roads")
     watcher.poll()
     watcher.poll()
     failed = {m.name: m.error for m in registry.all() if m.state == "failed"}
@@ -259,11 +255,8 @@ def test_a_broken_card_in_a_folder_named_like_a_served_model_shows_its_own_error
 
 def test_a_failed_folder_moved_out_and_back_is_listed_again(repository: Path, tmp_path_factory: pytest.TempPathFactory):
     """Moving keeps the files' times: the watcher took the returning folder for one already tried."""
-    registry = ModelRegistry(ServerSettings(model_repository=repository, backend="onnx", batching=False))
-    registry.load_all()
-    watcher = RepositoryWatcher(registry, repository, interval_seconds=60)
-    (repository / "broken").mkdir()
-    (repository / "broken" / CARD_FILE).write_text('{"name": "broken"')
+    registry, watcher = _watch(repository)
+    _broken_card(repository / "broken")
     watcher.poll()
     watcher.poll()
     assert "broken" in {m.name for m in registry.all() if m.state == "failed"}
