@@ -80,7 +80,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     previous = _previous_entries(out_dir) if resume else {}
     manifest = None if resume else _open_manifest(out_dir)
     report = BatchReport(out_dir)
-    todo: list[tuple[Path, str]] = []
+    todo: list[tuple[Path, str]] = [(image, "") for image in images]  # named below
     done = 0
     collected: CocoFile | None = None
     try:
@@ -91,15 +91,15 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
         wanted = {"model": served.name, "model_version": served.version, "measure": measure}
         kept = {}
         for image, name in todo:
-            entry = _kept_entry(previous.get((str(image), name)), out_dir, name, wanted, coco)
-            if entry is not None:
-                kept[(str(image), name)] = entry
+            found = _kept_entry(previous.get((str(image), name)), out_dir, name, wanted, coco)
+            if found is not None:
+                kept[(str(image), name)] = found
         if manifest is None:
             manifest = _open_manifest(out_dir)
-        for (image, name), entry in kept.items():
+        for (image, name), (entry, coco_part) in kept.items():
             _append(manifest, entry)
             if collected is not None:
-                collected.add(Path(image), _saved_json(Path(entry["summary"]))["coco"])
+                collected.add(Path(image), coco_part)
         report.kept = len(kept)
         todo = [(image, name) for image, name in todo if (str(image), name) not in kept]
         outputs = ("mask", "uncertainty", "class_segments") if coco else ("mask", "uncertainty")
@@ -163,26 +163,31 @@ def _previous_entries(out_dir: Path) -> dict[tuple[str, str], dict]:
     return entries
 
 
-def _kept_entry(entry: dict | None, out_dir: Path, name: str, wanted: dict[str, str], coco: bool) -> dict | None:
+def _kept_entry(entry: dict | None, out_dir: Path, name: str, wanted: dict[str, str],
+                coco: bool) -> tuple[dict, dict | None] | None:
     """A previous entry that stands, with its files' paths as they are now (``out_dir`` may be
-    named otherwise than last time): written by the model version and measure wanted, every file
-    it lists there and not empty, and with ``coco`` its COCO part saved in its JSON."""
+    named otherwise than last time), and with ``coco`` its COCO part: written by the model version
+    and measure wanted, every file it lists there and not empty, and the COCO part whole."""
     if entry is None or "error" in entry or any(entry.get(key) != value for key, value in wanted.items()):
         return None
     files = {key: out_dir / f"{name}{suffix}" for key, suffix in zip(OUTPUT_KEYS, OUTPUT_SUFFIXES) if key in entry}
     if not all(path.is_file() and path.stat().st_size > 0 for path in files.values()):
         return None
-    if coco and not isinstance(_saved_json(files["summary"]).get("coco"), dict):
+    coco_part = _saved_coco_part(files["summary"]) if coco else None
+    if coco and coco_part is None:
         return None
-    return {**entry, **{key: str(path) for key, path in files.items()}}
+    return {**entry, **{key: str(path) for key, path in files.items()}}, coco_part
 
 
-def _saved_json(path: Path) -> dict:
+def _saved_coco_part(summary: Path) -> dict | None:
+    """The COCO part an image's JSON holds (see ``coco.image_entry``), if whole."""
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return saved if isinstance(saved, dict) else {}
+        part = json.loads(summary.read_text(encoding="utf-8"))["coco"]
+        whole = isinstance(part["height"], int) and isinstance(part["width"], int) and \
+            all(isinstance(a, dict) and "category_id" in a and "segmentation" in a for a in part["annotations"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return part if whole else None
 
 
 def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_dir: Path,
