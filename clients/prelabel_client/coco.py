@@ -46,19 +46,13 @@ class CocoFile:
         self._annotations: list[dict] = []
 
     def add(self, image: Path, entry: dict) -> None:
-        """Adds ``image`` (one of the job's) with its ``image_entry``."""
-        image_id = self._add_image(image, entry["height"], entry["width"])
-        for annotation in entry["annotations"]:
-            self._annotations.append({"id": len(self._annotations) + 1, "image_id": image_id, **annotation})
-
-    def _file_name(self, image: Path) -> str:
-        return _absolute(image).relative_to(self.image_root).as_posix()
-
-    def _add_image(self, image: Path, height: int, width: int) -> int:
+        """Adds ``image`` (one of the job's) with its ``image_entry``; the ids are this file's."""
         image_id = len(self._images) + 1
-        self._images.append({"id": image_id, "file_name": self._file_name(image), "height": height, "width": width})
-        return image_id
-
+        file_name = _absolute(image).relative_to(self.image_root).as_posix()
+        self._images.append({"id": image_id, "file_name": file_name, "height": entry["height"],
+                             "width": entry["width"]})
+        for annotation in entry["annotations"]:
+            self._annotations.append({**annotation, "id": len(self._annotations) + 1, "image_id": image_id})
 
     def write(self, path: Path) -> None:
         """Writes the file whole or not at all (OutputWriteError if it cannot be written)."""
