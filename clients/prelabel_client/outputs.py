@@ -119,8 +119,9 @@ def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
                      extra: dict | None = None) -> dict[str, str]:
     """Writes ``<name>_mask.png`` (the server's palette PNG, class ids as pixel values),
     ``<name>_overlay.png``, ``<name>_uncertainty.png`` and ``<name>.json`` (``name`` defaults to
-    the image's stem; ``extra`` goes into the JSON too); returns their paths. A file that cannot be written raises OutputWriteError,
-    after removing the files this call had already written; an interrupt removes them too."""
+    the image's stem; ``extra`` goes into the JSON too); returns their paths. A file that cannot
+    be written raises OutputWriteError, after removing the files this call had already written;
+    an interrupt removes them too."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(image_path).stem if name is None else name
     written: dict[str, str] = {}
