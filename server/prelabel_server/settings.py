@@ -92,6 +92,12 @@ class ServerSettings(BaseSettings):
             raise ValueError("polling more often than every 0.1 s would keep a core busy: use 0 (off) or 0.1 or more")
         return seconds
 
+    @field_validator("host")
+    @classmethod
+    def _host_without_brackets(cls, host: str) -> str:
+        """An IPv6 literal is kept bare (``::1``): the listeners that need brackets add them."""
+        return host.strip("[]")
+
     @field_validator("port", mode="before")
     @classmethod
     def _not_a_service_link(cls, port: object) -> object:

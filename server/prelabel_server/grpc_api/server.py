@@ -42,7 +42,7 @@ class RunningServer:
     @property
     def address(self) -> str:
         host = self.engine.settings.host
-        return _host_port('127.0.0.1' if host in ('0.0.0.0', '::', '[::]') else host, self.port)
+        return _host_port('127.0.0.1' if host in ('0.0.0.0', '::') else host, self.port)
 
     def stop(self, grace: float | None = None) -> None:
         self.health.enter_graceful_shutdown()
@@ -101,7 +101,6 @@ class _ModelHealth:
 
 def _host_port(host: str, port: int) -> str:
     """``host:port``, an IPv6 literal in brackets (gRPC read ``::1:50051`` as a name to look up)."""
-    host = host.strip("[]")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -109,7 +108,7 @@ def _bind(server: grpc.Server, settings: ServerSettings) -> int:
     address = _host_port(settings.host, settings.port)
     credentials = _tls_credentials(settings)
     try:
-        socket.getaddrinfo(settings.host.strip("[]"), settings.port)
+        socket.getaddrinfo(settings.host, settings.port)
     except socket.gaierror as exc:
         raise OSError(f"cannot listen on {address}: host {settings.host!r} does not resolve ({exc.strerror}); "
                       "set PRELABEL_HOST to an address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
@@ -138,7 +137,7 @@ def _tls_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
 
 def _start_metrics(settings: ServerSettings) -> None:
     try:
-        start_metrics_server(settings.metrics_port, settings.host.strip("[]"))  # the HTTP server takes no brackets
+        start_metrics_server(settings.metrics_port, settings.host)
     except OSError as exc:
         raise OSError(f"cannot serve metrics on {settings.host}:{settings.metrics_port} ({exc.strerror or exc}): "
                       "choose another PRELABEL_METRICS_PORT, or 0 for none") from None
@@ -189,7 +188,7 @@ def serve(settings: ServerSettings) -> None:
     for status in running.engine.models():
         log.info("model %-20s %-7s %s %s %s", status.name, status.state, status.backend, status.device, status.error)
     listening = _host_port(settings.host, running.port)
-    if settings.host.strip("[]") in ("0.0.0.0", "::"):
+    if settings.host in ("0.0.0.0", "::"):
         listening += " (all interfaces)"
     print(f"prelabel serving on {listening} (default model: {running.engine.registry.default_name or 'none'})",
           flush=True)
