@@ -119,3 +119,16 @@ def test_an_ipv6_host_is_served(model_repository: Path, host: str) -> None:
             assert client.model("deeplab").state == "ready"
     finally:
         running.stop(grace=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_device_this_machine_lacks_stops_serve_with_status_2(model_repository: Path, backend: str, capsys) -> None:
+    """The server used to start and list every package as failed (health NOT_SERVING, exit 0 on a
+    signal), so a deployment with a wrong device setting looked up and served nothing."""
+    device = "cuda:99" if backend == "torch" else "cuda"  # no machine has a hundred GPUs; CI has no CUDA provider
+    if backend == "onnx" and "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers():
+        pytest.skip("this onnxruntime runs on CUDA")
+    status = main(["serve", "--backend", backend, "--device", device, "--port", "0",
+                   "--model-repository", str(model_repository)])
+    assert status == 2
+    assert f"prelabel serve: device '{device}'" in capsys.readouterr().err

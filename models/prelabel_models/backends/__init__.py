@@ -67,6 +67,18 @@ def resolve_backend_name(name: str) -> str:
     return name
 
 
+class DeviceUnavailable(ValueError):
+    """The device asked for is not on this machine: a server-wide setting to fix, not one model
+    package's fault (so ``serve`` exits instead of listing every package as failed)."""
+
+
+def check_device(name: str, device: str) -> None:
+    """Raises DeviceUnavailable if backend ``name`` cannot run on ``device`` here; loads no model."""
+    if device:
+        module_name, class_name = _BACKENDS[resolve_backend_name(name)].split(":")
+        getattr(importlib.import_module(module_name), class_name).check_device(device)
+
+
 def create_backend(name: str, package: ModelPackage, device: str | None = None, **options: object) -> Backend:
     """Loads ``package`` on backend ``name`` (``auto``, ``torch`` or ``onnx``)."""
     module_name, class_name = _BACKENDS[resolve_backend_name(name)].split(":")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from prelabel_models.backends import DeviceUnavailable
 from prelabel_models.package import ModelPackage, ModelPackageError
 from prelabel_models.postprocessing import MapRequest, SegmentationMaps, maps_of_batch
 
@@ -22,8 +23,19 @@ def _digests(graphs: tuple[bytes, ...]) -> tuple[str, ...]:
     return tuple(hashlib.sha256(graph).hexdigest() for graph in graphs)
 
 
+def _providers(device: str) -> list[str]:
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+
+
 class OnnxBackend:
     name = "onnx"
+
+    @staticmethod
+    def check_device(device: str) -> None:
+        missing = set(_providers(device)) - set(ort.get_available_providers())
+        if missing:
+            raise DeviceUnavailable(f"device {device!r} needs {sorted(missing)}, which this onnxruntime lacks: use "
+                                    "cpu, or install onnxruntime-gpu (or serve with the torch backend)")
 
     def __init__(self, package: ModelPackage, device: str | None = None, threads: int | None = None,
                  spin_wait: bool = True, pin_mc_graphs: bool = True) -> None:
@@ -34,10 +46,8 @@ class OnnxBackend:
             raise ModelPackageError(
                 f"ONNX file {package.onnx_path} is missing: run `prelabel export {package.folder}` to write it")
         device = device or "cpu"
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
-        missing = set(providers) - set(ort.get_available_providers())
-        if missing:
-            raise ModelPackageError(f"device {device!r} needs {sorted(missing)}, which this onnxruntime lacks")
+        self.check_device(device)
+        providers = _providers(device)
         self._options = ort.SessionOptions()
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

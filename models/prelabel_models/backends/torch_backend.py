@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from prelabel_models.backends import DeviceUnavailable
 from prelabel_models.backends.cuda_graphs import GraphedForward
 from prelabel_models.backends.device_maps import batch_maps
 from prelabel_models.network import load_network
@@ -21,8 +22,7 @@ class TorchBackend:
             raise ModelPackageError(f"weights file {package.weights_path} is missing")
         if device is None:
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ModelPackageError(f"device {device!r} asked for, but torch sees no CUDA device")
+        self.check_device(device)
         if threads and not device.startswith("cuda"):
             torch.set_num_threads(threads)
         self.device = str(torch.device(device))
@@ -30,6 +30,18 @@ class TorchBackend:
         network = load_network(package.card, package.weights_path)
         self.network = network.to(self.device, memory_format=torch.channels_last)
         self._forward = GraphedForward(self._eager_forward, self.device) if cuda_graphs and self.on_gpu else self._eager_forward
+
+    @staticmethod
+    def check_device(device: str) -> None:
+        if not device.startswith("cuda"):
+            return
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(f"device {device!r} asked for, but torch sees no CUDA device: use cpu, or leave "
+                                    "the device empty for the backend's choice")
+        index = torch.device(device).index or 0
+        if index >= torch.cuda.device_count():
+            raise DeviceUnavailable(f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} CUDA "
+                                    f"device(s): use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
     @property
     def on_gpu(self) -> bool:

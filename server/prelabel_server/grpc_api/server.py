@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from prelabel_models.backends import check_device
 from prelabel_proto import SERVICE_NAME
 from prelabel_proto import prelabel_pb2_grpc as pb_grpc
 from prelabel_server.engine import Engine
@@ -145,6 +146,7 @@ def _start_metrics(settings: ServerSettings) -> None:
 
 def start_server(settings: ServerSettings) -> RunningServer:
     """Loads the model repository, then starts serving; returns once the port is bound."""
+    check_device(settings.backend, settings.device)  # else every package would fail alike, and serve NOT_SERVING
     engine = Engine(settings)
     try:
         engine.load_models()
