@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from prelabel_client.client import PreLabelClient
 from prelabel_client.coco import CocoFile, image_entry
+from prelabel_client.label_studio import check_ready, write_label_studio
 from prelabel_client.outputs import (
     OUTPUT_KEYS,
     OUTPUT_SUFFIXES,
@@ -37,6 +38,7 @@ class BatchReport:
     written: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     coco_file: Path | None = None
+    label_studio_files: tuple[Path, Path] | None = None  # tasks, labelling config
     kept: int = 0  # written by a previous run and kept (``resume``)
 
     @property
@@ -48,13 +50,16 @@ class BatchReport:
         lines = [f"{self.written + self.kept} images pre-annotated{kept}; results in {self.out_dir.resolve()}"]
         if self.coco_file is not None:
             lines.append(f"COCO file (per-class masks as RLE): {self.coco_file.resolve()}")
+        if self.label_studio_files is not None:
+            tasks, config = (path.resolve() for path in self.label_studio_files)
+            lines.append(f"Label Studio tasks (brush masks): {tasks}, for a project labelled with {config}")
         lines += [f"FAILED {name}: {error}" for name, error in self.failures.items()]
         return "\n".join(lines)
 
 
 def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, model: str = "",
                   measure: str = "entropy", patience_s: float = 600.0, coco: bool = False,
-                  resume: bool = False) -> BatchReport:
+                  label_studio: str | None = None, resume: bool = False) -> BatchReport:
     """Pre-annotates ``images`` into ``out_dir`` over one stream. A server at its limit of open
     streams or calls refuses the stream before any image is processed; the job then waits its turn
     (up to ``patience_s``) instead of failing.
@@ -69,13 +74,19 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
 
     ``coco`` also writes ``coco.json``: every written image's per-class masks as one COCO file
     (see ``CocoFile``), at the end of the job, and with the images done so far if it stops early.
+    ``label_studio`` (an image URL template, see ``label_studio.write_label_studio``) writes the
+    same masks as Label Studio tasks, beside the labelling config they belong to.
 
     ``resume`` continues a job cut short in the same ``out_dir``: an image whose previous manifest
     entry says it was written, by the model version and measure now served, and whose files are
-    all in ``out_dir`` under its output name (with ``coco``, its JSON holding its COCO part) is
+    all in ``out_dir`` under its output name (with ``coco`` or ``label_studio``, its JSON holding its
+    COCO part) is
     kept and not sent again; every other image is done (again). The previous manifest is only
     replaced once the server has answered, and the kept entries open the new one."""
     images = [Path(image) for image in images]
+    segments = coco or label_studio is not None
+    if label_studio is not None:
+        check_ready(label_studio)
     _check_output_folder(out_dir, images)
     previous = _previous_entries(out_dir) if resume else {}
     manifest = None if resume else _open_manifest(out_dir)
@@ -87,11 +98,11 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
         names = output_names(images, out_dir)
         todo = list(zip(images, names))
         served = client.model(model)
-        collected = CocoFile(served.classes, images, f"{served.name} v{served.version}") if coco else None
+        collected = CocoFile(served.classes, images, f"{served.name} v{served.version}") if segments else None
         wanted = {"model": served.name, "model_version": served.version, "measure": measure}
         kept = {}
         for image, name in todo:
-            found = _kept_entry(previous.get((str(image), name)), out_dir, name, wanted, coco)
+            found = _kept_entry(previous.get((str(image), name)), out_dir, name, wanted, segments)
             if found is not None:
                 kept[(str(image), name)] = found
         if manifest is None:
@@ -102,7 +113,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
                 collected.add(Path(image), coco_part)
         report.kept = len(kept)
         todo = [(image, name) for image, name in todo if (str(image), name) not in kept]
-        outputs = ("mask", "uncertainty", "class_segments") if coco else ("mask", "uncertainty")
+        outputs = ("mask", "uncertainty", "class_segments") if segments else ("mask", "uncertainty")
         precision = "png_uint16" if measure in SMALL_RANGE_MEASURES else "png_uint8"
         results = stream_when_admitted(lambda: client.predict_many([image for image, _ in todo], raise_on_error=False,
                                                                     model=model, measure=measure, outputs=outputs,
@@ -123,7 +134,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
             _append(manifest, {"image": str(image), "error": report.failures[str(image)]})
             done += 1
         if collected is not None:
-            report.coco_file = _write_coco(collected, out_dir)
+            _write_exports(collected, out_dir, report, coco, label_studio)
     except BaseException as exc:
         error = f"not processed: {_describe(exc)}"
         try:
@@ -131,7 +142,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
                 for image, _ in todo[done:]:
                     _append(manifest, {"image": str(image), "error": error})
             if collected is not None:
-                _write_coco(collected, out_dir)
+                _write_exports(collected, out_dir, report, coco, label_studio)
         except OSError:  # the outputs themselves cannot be written: the job's own error matters more
             pass
         raise
@@ -141,10 +152,14 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     return report
 
 
-def _write_coco(collected: CocoFile, out_dir: Path) -> Path:
-    path = out_dir / "coco.json"
-    collected.write(path)
-    return path
+def _write_exports(collected: CocoFile, out_dir: Path, report: BatchReport, coco: bool,
+                   label_studio: str | None) -> None:
+    """Writes the per-class masks collected so far in the formats asked for."""
+    if coco:
+        report.coco_file = out_dir / "coco.json"
+        collected.write(report.coco_file)
+    if label_studio is not None:
+        report.label_studio_files = write_label_studio(collected.document(), out_dir, label_studio)
 
 
 def _previous_entries(out_dir: Path) -> dict[tuple[str, str], dict]:
@@ -164,17 +179,17 @@ def _previous_entries(out_dir: Path) -> dict[tuple[str, str], dict]:
 
 
 def _kept_entry(entry: dict | None, out_dir: Path, name: str, wanted: dict[str, str],
-                coco: bool) -> tuple[dict, dict | None] | None:
+                segments: bool) -> tuple[dict, dict | None] | None:
     """A previous entry that stands, with its files' paths as they are now (``out_dir`` may be
-    named otherwise than last time), and with ``coco`` its COCO part: written by the model version
+    named otherwise than last time), and with ``segments`` its COCO part: written by the model version
     and measure wanted, every file it lists there and not empty, and the COCO part whole."""
     if entry is None or "error" in entry or any(entry.get(key) != value for key, value in wanted.items()):
         return None
     files = {key: out_dir / f"{name}{suffix}" for key, suffix in zip(OUTPUT_KEYS, OUTPUT_SUFFIXES) if key in entry}
     if not all(path.is_file() and path.stat().st_size > 0 for path in files.values()):
         return None
-    coco_part = _saved_coco_part(files["summary"]) if coco else None
-    if coco and coco_part is None:
+    coco_part = _saved_coco_part(files["summary"]) if segments else None
+    if segments and coco_part is None:
         return None
     return {**entry, **{key: str(path) for key, path in files.items()}}, coco_part
 
@@ -184,7 +199,8 @@ def _saved_coco_part(summary: Path) -> dict | None:
     try:
         part = json.loads(summary.read_text(encoding="utf-8"))["coco"]
         whole = isinstance(part["height"], int) and isinstance(part["width"], int) and \
-            all(isinstance(a, dict) and "category_id" in a and "segmentation" in a for a in part["annotations"])
+            all(isinstance(a, dict) and {"category_id", "segmentation", "area", "score"} <= a.keys()
+                for a in part["annotations"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return part if whole else None

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prelabel_client.client import PreLabelClient
+from prelabel_client.label_studio import DEFAULT_IMAGE_URL, check_image_url
 from prelabel_proto.errors import PrelabelError
 from prelabel_models.evaluation.cli import register as add_evaluation_commands, whole_number
 from prelabel_models.extras import needs_extra
@@ -87,12 +88,14 @@ def _add_server_options(parser: argparse.ArgumentParser,
     parser.add_argument("--default-model", help="model used when a request names none (PRELABEL_DEFAULT_MODEL)")
 
 
+@needs_extra("label-studio")  # the only optional module predict imports, for --label-studio
 def _predict(args: argparse.Namespace) -> int:
     from prelabel_client.batch import predict_files
 
     with _connect(args) as client:
         report = predict_files(client, args.images, args.out, model=args.model, measure=args.measure,
-                               coco=args.coco, resume=args.resume)
+                               coco=args.coco, label_studio=args.image_url if args.label_studio else None,
+                               resume=args.resume)
     print(report.describe())
     return 0 if report.failed == 0 else 1
 
@@ -244,6 +247,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _image_url(text: str) -> str:
+    try:
+        check_image_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _add_commands(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="serve every model package of a model repository over gRPC")
     _add_server_options(serve)
@@ -256,6 +267,13 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--measure", default="entropy", choices=MEASURES, help="uncertainty measure (default entropy)")
     predict.add_argument("--coco", action="store_true",
                          help="also write OUT/coco.json: per-class masks as COCO RLE (CVAT, pycocotools, datumaro)")
+    predict.add_argument("--label-studio", action="store_true",
+                         help="also write OUT/label_studio.json (tasks with brush-mask predictions) and "
+                              "OUT/label_studio_config.xml (the labelling interface they need)")
+    predict.add_argument("--image-url", type=_image_url, default=DEFAULT_IMAGE_URL,
+                         help="with --label-studio, where Label Studio loads each image: {path} becomes its path "
+                              "relative to the images' common folder (default %(default)s: Label Studio's "
+                              "local files, LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to that folder)")
     predict.add_argument("--resume", action="store_true",
                          help="continue a job cut short in --out: keep the images its manifest lists as written")
     _add_client_options(predict)

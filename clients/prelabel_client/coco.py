@@ -39,7 +39,7 @@ class CocoFile:
         these relative names."""
         self.image_root = Path(os.path.commonpath([_absolute(image).parent for image in images])) if images else Path()
         self._info = {"description": f"prelabel pre-annotations ({model}); file_name is relative to {self.image_root}",
-                      "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "version": "1.0"}
+                      "model": model, "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "version": "1.0"}
         self._categories = [{"id": class_id + CATEGORY_ID_OFFSET, "name": name, "supercategory": "",
                              "color": list(color)} for class_id, name, color in classes]
         self._images: list[dict] = []
@@ -54,10 +54,14 @@ class CocoFile:
         for annotation in entry["annotations"]:
             self._annotations.append({**annotation, "id": len(self._annotations) + 1, "image_id": image_id})
 
+    def document(self) -> dict:
+        """The COCO instances document of the images added so far."""
+        return {"info": self._info, "licenses": [], "images": self._images, "annotations": self._annotations,
+                "categories": self._categories}
+
     def write(self, path: Path) -> None:
         """Writes the file whole or not at all (OutputWriteError if it cannot be written)."""
-        write_whole(path, json.dumps({"info": self._info, "licenses": [], "images": self._images,
-                                      "annotations": self._annotations, "categories": self._categories}).encode())
+        write_whole(path, json.dumps(self.document()).encode())
 
 
 def _absolute(path: Path) -> Path:

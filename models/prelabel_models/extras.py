@@ -13,7 +13,7 @@ ArgsT = TypeVar("ArgsT")
 OPTIONAL_MODULES = frozenset({
     "torch", "segmentation_models_pytorch", "onnxruntime", "onnx", "albumentations", "safetensors", "sklearn",
     "scipy", "matplotlib", "rich", "pydantic", "pydantic_settings", "grpc_health", "grpc_reflection",
-    "prometheus_client", "torchmetrics",
+    "prometheus_client", "torchmetrics", "label_studio_converter",
 })
 
 

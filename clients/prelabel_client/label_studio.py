@@ -1,0 +1,93 @@
+"""A batch job's pre-annotations as Label Studio tasks, each with a prediction of one "brushlabels"
+region per class present, and the labelling config those regions belong to. Label Studio cannot
+import COCO RLE masks, only its own brush RLE, which ``label-studio-converter`` writes (the extra
+``prelabel[label-studio]``; the newer label-studio-sdk holds the same code but pins OpenCV 4.12).
+
+The tasks are made from the job's COCO document (``coco.CocoFile``), so both files always hold
+the same masks, and a resumed job rebuilds both from the images it kept."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ElementTree
+from collections import defaultdict
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+from pycocotools import mask as coco_mask
+
+from prelabel_client.outputs import write_whole
+
+# Label Studio serves files below LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT at this address.
+DEFAULT_IMAGE_URL = "/data/local-files/?d={path}"
+# The names Label Studio's own semantic segmentation template gives its tags.
+BRUSH_TAG, IMAGE_TAG = "tag", "image"
+
+
+def check_ready(image_url: str) -> None:
+    """Fails before a job sends its first image rather than after its last: on an ``image_url``
+    without ``{path}`` (ValueError), or without the extra installed (ModuleNotFoundError)."""
+    check_image_url(image_url)
+    import label_studio_converter.brush  # noqa: F401
+
+
+def check_image_url(image_url: str) -> None:
+    if "{path}" not in image_url:
+        raise ValueError(f"the image URL {image_url!r} must hold {{path}}, where each image's relative path goes "
+                         f"(e.g. {DEFAULT_IMAGE_URL!r} or 'https://example.com/images/{{path}}')")
+
+
+def write_label_studio(document: dict, out_dir: Path, image_url: str = DEFAULT_IMAGE_URL) -> tuple[Path, Path]:
+    """Writes ``label_studio.json`` (tasks to import) and ``label_studio_config.xml`` (the project's
+    labelling interface) into ``out_dir``; returns their paths. ``image_url`` turns an image's
+    path relative to the job's image root (COCO's ``file_name``) into what Label Studio loads:
+    ``{path}`` is replaced by that path, URL-quoted."""
+    tasks_path, config_path = out_dir / "label_studio.json", out_dir / "label_studio_config.xml"
+    write_whole(tasks_path, json.dumps(tasks(document, image_url)).encode())
+    write_whole(config_path, labeling_config(document["categories"]).encode())
+    return tasks_path, config_path
+
+
+def tasks(document: dict, image_url: str = DEFAULT_IMAGE_URL) -> list[dict]:
+    """One task per image of the COCO ``document``, its prediction scored by the image's mean
+    confidence (so Label Studio can sort the least sure first)."""
+    names = {category["id"]: category["name"] for category in document["categories"]}
+    annotations_of = defaultdict(list)
+    for annotation in document["annotations"]:
+        annotations_of[annotation["image_id"]].append(annotation)
+    model_version = document["info"].get("model", "")
+    return [_task(image, annotations_of[image["id"]], names, image_url, model_version) for image in document["images"]]
+
+
+def _task(image: dict, annotations: list[dict], names: dict[int, str], image_url: str, model_version: str) -> dict:
+    area = sum(annotation["area"] for annotation in annotations)
+    score = sum(annotation["score"] * annotation["area"] for annotation in annotations) / area if area else 0.0
+    regions = [_brush_region(image, annotation, names[annotation["category_id"]]) for annotation in annotations]
+    return {"data": {IMAGE_TAG: image_url.replace("{path}", quote(image["file_name"]))},
+            "predictions": [{"model_version": model_version, "score": round(score, 4), "result": regions}]}
+
+
+def _brush_region(image: dict, annotation: dict, name: str) -> dict:
+    from label_studio_converter import brush  # the extra; imported where used (it loads pandas)
+
+    rle = annotation["segmentation"]
+    mask = coco_mask.decode({**rle, "counts": rle["counts"].encode()})
+    return {"id": f"{image['id']}-{annotation['category_id']}", "type": "brushlabels",
+            "from_name": BRUSH_TAG, "to_name": IMAGE_TAG, "image_rotation": 0,
+            "original_width": image["width"], "original_height": image["height"], "score": annotation["score"],
+            "value": {"format": "rle", "rle": brush.mask2rle((mask * np.uint8(255)).astype(np.uint8)),
+                      "brushlabels": [name]}}
+
+
+def labeling_config(categories: list[dict]) -> str:
+    """The labelling interface whose tag names and labels the tasks' regions refer to, each label
+    in its class colour."""
+    view = ElementTree.Element("View")
+    ElementTree.SubElement(view, "Image", name=IMAGE_TAG, value=f"${IMAGE_TAG}", zoom="true")
+    labels = ElementTree.SubElement(view, "BrushLabels", name=BRUSH_TAG, toName=IMAGE_TAG)
+    for category in categories:
+        ElementTree.SubElement(labels, "Label", value=category["name"],
+                               background="#{:02x}{:02x}{:02x}".format(*category["color"]))
+    ElementTree.indent(view)
+    return ElementTree.tostring(view, encoding="unicode") + "\n"
