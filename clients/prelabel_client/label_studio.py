@@ -19,8 +19,10 @@ from pycocotools import mask as coco_mask
 
 from prelabel_client.outputs import write_whole
 
-# Label Studio serves files below LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT at this address.
-DEFAULT_IMAGE_URL = "/data/local-files/?d={path}"
+# Label Studio serves a file at this address when LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT is the image
+# root's parent and a local files storage is on the image root: it refuses a storage on the
+# document root itself, so ``?d=`` must start with a folder below it.
+DEFAULT_IMAGE_URL = "/data/local-files/?d={root}/{path}"
 # The names Label Studio's own semantic segmentation template gives its tags.
 BRUSH_TAG, IMAGE_TAG = "tag", "image"
 
@@ -42,7 +44,7 @@ def write_label_studio(document: dict, out_dir: Path, image_url: str = DEFAULT_I
     """Writes ``label_studio.json`` (tasks to import) and ``label_studio_config.xml`` (the project's
     labelling interface) into ``out_dir``; returns their paths. ``image_url`` turns an image's
     path relative to the job's image root (COCO's ``file_name``) into what Label Studio loads:
-    ``{path}`` is replaced by that path, URL-quoted."""
+    ``{path}`` is replaced by that path and ``{root}`` by the image root's own name, URL-quoted."""
     tasks_path, config_path = out_dir / "label_studio.json", out_dir / "label_studio_config.xml"
     write_whole(tasks_path, json.dumps(tasks(document, image_url)).encode())
     write_whole(config_path, labeling_config(document["categories"]).encode())
@@ -57,6 +59,7 @@ def tasks(document: dict, image_url: str = DEFAULT_IMAGE_URL) -> list[dict]:
     for annotation in document["annotations"]:
         annotations_of[annotation["image_id"]].append(annotation)
     model_version = document["info"].get("model", "")
+    image_url = image_url.replace("{root}", quote(Path(document["info"]["image_root"]).name))
     return [_task(image, annotations_of[image["id"]], names, image_url, model_version) for image in document["images"]]
 
 
