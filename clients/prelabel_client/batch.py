@@ -19,6 +19,10 @@ from prelabel_client.client import PreLabelClient
 from prelabel_client.coco import CocoFile, image_entry
 from prelabel_client.label_studio import check_ready, write_label_studio
 from prelabel_client.outputs import (
+    COCO_FILE,
+    LABEL_STUDIO_CONFIG_FILE,
+    LABEL_STUDIO_TASKS_FILE,
+    MANIFEST_FILE,
     OUTPUT_KEYS,
     OUTPUT_SUFFIXES,
     SMALL_RANGE_MEASURES,
@@ -141,6 +145,10 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
             if manifest is not None:  # a resumed job that never reached the server keeps its manifest
                 for image, _ in todo[done:]:
                     _append(manifest, {"image": str(image), "error": error})
+                unanswered = sum(error.startswith("not processed") for error in report.failures.values())
+                exc.add_note(f"stopped with {unanswered + len(todo) - done} of {len(images)} images not processed "
+                             f"({report.written + report.kept} written, {report.failed - unanswered} failed; each "
+                             f"listed in {out_dir / MANIFEST_FILE}): run the same command with --resume to finish")
             if collected is not None:
                 _write_exports(collected, out_dir, report, coco, label_studio)
         except OSError:  # the outputs themselves cannot be written: the job's own error matters more
@@ -156,7 +164,7 @@ def _write_exports(collected: CocoFile, out_dir: Path, report: BatchReport, coco
                    label_studio: str | None) -> None:
     """Writes the per-class masks collected so far in the formats asked for."""
     if coco:
-        report.coco_file = out_dir / "coco.json"
+        report.coco_file = out_dir / COCO_FILE
         collected.write(report.coco_file)
     if label_studio is not None:
         report.label_studio_files = write_label_studio(collected.document(), out_dir, label_studio)
@@ -167,7 +175,7 @@ def _previous_entries(out_dir: Path) -> dict[tuple[str, str], dict]:
     line cut short by a crash, or not UTF-8, is none."""
     entries = {}
     try:
-        lines = (out_dir / "manifest.jsonl").read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = (out_dir / MANIFEST_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return {}
     for line in lines:
@@ -232,7 +240,7 @@ def _check_output_folder(out_dir: Path, images: list[Path]) -> None:
     it: a resumed job still needs it), before anything is asked of the server; a path that is a
     file, a folder that cannot be written, or a manifest that is one of the inputs raises
     OutputFolderError."""
-    manifest = out_dir / "manifest.jsonl"
+    manifest = out_dir / MANIFEST_FILE
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         if manifest.exists() and any(image.exists() and manifest.samefile(image) for image in images):
@@ -246,7 +254,11 @@ def _check_output_folder(out_dir: Path, images: list[Path]) -> None:
 
 
 def _open_manifest(out_dir: Path) -> TextIO:
-    return (out_dir / "manifest.jsonl").open("w", encoding="utf-8")
+    """Starts the job's record afresh: a new manifest, and no COCO or Label Studio file of an
+    earlier job left beside it to be taken for this one's (the job writes its own at the end)."""
+    for name in (COCO_FILE, LABEL_STUDIO_TASKS_FILE, LABEL_STUDIO_CONFIG_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    return (out_dir / MANIFEST_FILE).open("w", encoding="utf-8")
 
 
 def _append(manifest: TextIO, entry: dict[str, str]) -> None:
@@ -268,14 +280,20 @@ def _server_busy(error: ResourceExhausted) -> bool:
 def stream_when_admitted(open_stream: Callable[[], Iterator[ResultT]], patience_s: float) -> Iterator[ResultT]:
     """``open_stream()``'s results; a stream refused for being over the server's stream or call
     limit before its first result (nothing was processed yet) is opened again, with back-off,
-    until ``patience_s`` has passed."""
+    until ``patience_s`` has passed. Images the client refused to send come before the server's
+    answer and are no sign of admission: they are held until it comes (a job whose first image
+    was missing used to fail whole at a busy server instead of waiting)."""
     waited, delay = 0.0, 1.0
     while True:
         results = open_stream()
+        unsent: list[ResultT] = []
         try:
             first = next(results)
+            while isinstance(first, FailedPrediction) and not first.sent:
+                unsent.append(first)
+                first = next(results)
         except StopIteration:
-            return iter(())
+            return iter(unsent)
         except ResourceExhausted as exc:
             if waited >= patience_s or not _server_busy(exc):
                 raise
@@ -284,4 +302,4 @@ def stream_when_admitted(open_stream: Callable[[], Iterator[ResultT]], patience_
             time.sleep(delay)
             waited, delay = waited + delay, min(delay * 2, 30.0)
             continue
-        return itertools.chain([first], results)
+        return itertools.chain(unsent, [first], results)

@@ -366,11 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except PrelabelError as exc:  # the server's answer, said plainly: no traceback
-        print(f"prelabel: {exc.describe()}", file=sys.stderr)
+        print(f"prelabel: {exc.describe()}", *getattr(exc, "__notes__", ()), sep="\n", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
-        print(f"prelabel {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        print(f"prelabel {args.command}: {'terminated' if terminated else 'interrupted'}",
+              *getattr(exc, "__notes__", ()), sep="\n", file=sys.stderr)
         return 143 if terminated else 130
     except Exception as exc:
         message = _usage_error(exc)

@@ -11,7 +11,7 @@ from typing import TypeVar, Union
 
 import grpc
 import numpy as np
-from google.protobuf.message import Message
+from google.protobuf.message import EncodeError, Message
 
 from prelabel_client.results import (
     FailedPrediction,
@@ -120,12 +120,16 @@ def _retry_service_config(attempts: int) -> str:
     return json.dumps({"methodConfig": [{"name": methods, "retryPolicy": policy}]})
 
 
-def image_message(image: ImageInput) -> pb.Image:
-    """A path or bytes travel encoded; a numpy array (H, W) or (H, W, 1|3|4), uint8, RGB(A), travels raw."""
+def image_message(image: ImageInput, max_bytes: int | None = None) -> pb.Image:
+    """A path or bytes travel encoded; a numpy array (H, W) or (H, W, 1|3|4), uint8, RGB(A), travels raw.
+    A file over ``max_bytes`` is refused before it is read: one of 2 GiB took 4 GB of memory and
+    then failed to serialise, which ended a batch job's whole stream."""
     if isinstance(image, (str, Path)):
         path = Path(image)
         if path.exists() and not path.is_file():  # reading a FIFO or a device would block the stream for ever
             raise ValueError(f"{path} is not a regular file (a folder, FIFO, socket or device): give image files")
+        if max_bytes is not None and (size := path.stat().st_size) > max_bytes:
+            raise over_message_limit(f"{path} is {size} bytes", max_bytes, "send a smaller image")
         return pb.Image(encoded=path.read_bytes())
     if isinstance(image, (bytes, bytearray, memoryview)):
         return pb.Image(encoded=bytes(image))
@@ -139,6 +143,11 @@ def image_message(image: ImageInput) -> pb.Image:
         return pb.Image(raw=pb.RawImage(data=np.ascontiguousarray(pixels).tobytes(), height=height,
                                         width=width, channels=channels))
     raise TypeError(f"cannot send {type(image).__name__} as an image: use a path, bytes or a numpy array")
+
+
+def over_message_limit(what: str, limit: int, remedy: str) -> ResourceExhausted:
+    return ResourceExhausted(f"{what}, over the limit of {limit} bytes (PreLabelClient's max_message_bytes; the "
+                             f"server's is PRELABEL_MAX_MESSAGE_BYTES): {remedy}, or raise both limits")
 
 
 class PreLabelClient:
@@ -206,7 +215,7 @@ class PreLabelClient:
         """Builds the PredictRequest that ``predict`` sends (useful to send many alike). ``outputs``
         may also be a single name."""
         message = pb.PredictRequest(
-            model=model, model_version=model_version, image=image_message(image),
+            model=model, model_version=model_version, image=image_message(image, self._max_message_bytes),
             outputs=[_choice(_OUTPUT_ENUMS, o, "output") for o in ((outputs,) if isinstance(outputs, str) else outputs)],
             uncertainty_measure=_choice(_MEASURE_ENUMS, measure, "measure"),
             mask_format=_choice(_MASK_FORMATS, mask_format, "mask_format"),
@@ -286,8 +295,8 @@ class PreLabelClient:
                         return
                 try:
                     message = self._sendable(build(str(index), image), f"input {index}")
-                except (OSError, TypeError, ValueError) as exc:
-                    unsent[index] = InvalidInput(f"input {index} cannot be sent: {exc}")
+                except (OSError, TypeError, ValueError, EncodeError, MemoryError) as exc:
+                    unsent[index] = InvalidInput(f"input {index} cannot be sent: {exc or type(exc).__name__}")
                 except ResourceExhausted as exc:
                     unsent[index] = exc
                 else:
@@ -306,7 +315,8 @@ class PreLabelClient:
             while next_index in received or next_index in unsent:
                 index, next_index = next_index, next_index + 1
                 if index in unsent:
-                    yield self._failure(unsent.pop(index), raise_on_error, answered=index not in unanswered)
+                    sent = index in unanswered
+                    yield self._failure(unsent.pop(index), raise_on_error, answered=not sent, sent=sent)
                     continue
                 sent_slots.release()
                 response = received.pop(index)
@@ -348,17 +358,14 @@ class PreLabelClient:
             request = message if isinstance(message, pb.PredictRequest) else message.request
             raw = request.image.WhichOneof("source") == "raw"
             remedy = "send it encoded (PNG or JPEG) rather than as raw pixels" if raw else "send a smaller image"
-            raise ResourceExhausted(
-                f"{what} makes a {size}-byte message, over the limit of {self._max_message_bytes} bytes "
-                f"(PreLabelClient's max_message_bytes; the server's is PRELABEL_MAX_MESSAGE_BYTES): {remedy}, "
-                "or raise both limits")
+            raise over_message_limit(f"{what} makes a {size}-byte message", self._max_message_bytes, remedy)
         return message
 
     @staticmethod
-    def _failure(error: PrelabelError, raise_on_error: bool, answered: bool = True) -> FailedPrediction:
+    def _failure(error: PrelabelError, raise_on_error: bool, answered: bool = True, sent: bool = True) -> FailedPrediction:
         if raise_on_error:
             raise error
-        return FailedPrediction(error, answered=answered)
+        return FailedPrediction(error, answered=answered, sent=sent)
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The standard gRPC health status of ``service`` ("" is the whole server, ``models/NAME``

@@ -44,11 +44,17 @@ class CocoFile:
                              "color": list(color)} for class_id, name, color in classes]
         self._images: list[dict] = []
         self._annotations: list[dict] = []
+        self._file_names: set[str] = set()
 
     def add(self, image: Path, entry: dict) -> None:
-        """Adds ``image`` (one of the job's) with its ``image_entry``; the ids are this file's."""
-        image_id = len(self._images) + 1
+        """Adds ``image`` (one of the job's) with its ``image_entry``; the ids are this file's. A
+        file given twice is added once: importers match annotations to frames by ``file_name``, so
+        CVAT would have put each of its masks on the frame as many times."""
         file_name = _absolute(image).relative_to(self.image_root).as_posix()
+        if file_name in self._file_names:
+            return
+        self._file_names.add(file_name)
+        image_id = len(self._images) + 1
         self._images.append({"id": image_id, "file_name": file_name, "height": entry["height"],
                              "width": entry["width"]})
         for annotation in entry["annotations"]:

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from prelabel_client.outputs import write_whole
+from prelabel_client.outputs import LABEL_STUDIO_CONFIG_FILE, LABEL_STUDIO_TASKS_FILE, write_whole
 
 # Label Studio serves a file at this address when LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT is the image
 # root's parent and a local files storage is on the image root: it refuses a storage on the
@@ -45,7 +45,7 @@ def write_label_studio(document: dict, out_dir: Path, image_url: str = DEFAULT_I
     labelling interface) into ``out_dir``; returns their paths. ``image_url`` turns an image's
     path relative to the job's image root (COCO's ``file_name``) into what Label Studio loads:
     ``{path}`` is replaced by that path and ``{root}`` by the image root's own name, URL-quoted."""
-    tasks_path, config_path = out_dir / "label_studio.json", out_dir / "label_studio_config.xml"
+    tasks_path, config_path = out_dir / LABEL_STUDIO_TASKS_FILE, out_dir / LABEL_STUDIO_CONFIG_FILE
     write_whole(tasks_path, json.dumps(tasks(document, image_url)).encode())
     write_whole(config_path, labeling_config(document["categories"]).encode())
     return tasks_path, config_path

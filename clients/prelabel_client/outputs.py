@@ -60,6 +60,14 @@ class OutputWriteError(OSError):
     """An output file could not be written (a name too long for the file system, a full disk...)."""
 
 
+# The job's own files in the output folder; no image's outputs may take their names (an image
+# named coco.png had its summary overwritten by the job's coco.json).
+MANIFEST_FILE, COCO_FILE = "manifest.jsonl", "coco.json"
+LABEL_STUDIO_TASKS_FILE, LABEL_STUDIO_CONFIG_FILE = "label_studio.json", "label_studio_config.xml"
+JOB_FILES = frozenset(name.casefold() for name in (MANIFEST_FILE, COCO_FILE, LABEL_STUDIO_TASKS_FILE,
+                                                    LABEL_STUDIO_CONFIG_FILE))
+
+
 def output_paths(out_dir: Path, name: str) -> list[Path]:
     return [out_dir / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES]
 
@@ -80,15 +88,16 @@ def output_names(images: list[Path], out_dir: Path) -> list[str]:
     being the start of the SHA-1 of the image's path as given (so ``a/img.png`` and ``b/img.png``
     become ``img-…`` and ``img-…`` with different digits). Should a name still clash with another
     one, or should one of its files (``<name>_mask.png``, ``<name>_overlay.png``,
-    ``<name>_uncertainty.png``, ``<name>.json``) be one of the job's input files, the input's
-    position is appended (``-2``, ``-3``...): an input file is never written over."""
+    ``<name>_uncertainty.png``, ``<name>.json``) be one of the job's input files or one of its own
+    (JOB_FILES), the input's position is appended (``-2``, ``-3``...): an input file is never written over."""
     inputs = {file_id for file_id in map(_file_id, images) if file_id is not None}
     stems = [Path(image).stem for image in images]
     counts = Counter(stem.casefold() for stem in stems)
     taken: set[str] = {stem.casefold() for stem in stems if counts[stem.casefold()] == 1}
 
     def usable(name: str) -> bool:
-        return all(_file_id(path) not in inputs for path in output_paths(out_dir, name))
+        return all(_file_id(path) not in inputs and path.name.casefold() not in JOB_FILES
+                   for path in output_paths(out_dir, name))
 
     names: list[str] = []
     for index, (image, stem) in enumerate(zip(images, stems)):

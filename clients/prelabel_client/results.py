@@ -106,11 +106,14 @@ class FailedPrediction:
     """Stands in for an item of ``predict_many`` that failed, when asked not to raise.
 
     ``answered`` is False for an image the stream ended before the server answered: ``error`` is
-    then the stream's, and callers say the image was not processed rather than that it failed."""
+    then the stream's, and callers say the image was not processed rather than that it failed.
+    ``sent`` is False for an image the client refused to send (unreadable, over the message limit):
+    its failure says nothing about whether the server took the stream."""
 
     error: PrelabelError
     ok: bool = False
     answered: bool = True
+    sent: bool = True
 
 
 @dataclass(frozen=True)

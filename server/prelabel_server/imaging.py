@@ -57,11 +57,25 @@ def _probe(data: bytes) -> tuple[str, int, int]:
             with Image.open(io.BytesIO(data)) as png:
                 png.verify()
     except UnidentifiedImageError:
+        if claimed := _claimed_format(data):  # Pillow gives up on a TIFF whose directory is cut short
+            raise InvalidInput(f"image starts as a {claimed} but cannot be read ({len(data)} bytes): it is corrupt "
+                               "or truncated: re-encode it") from None
         raise InvalidInput(f"image bytes ({len(data)} bytes) are not a readable image: send PNG, JPEG, "
                            "TIFF, BMP or WebP with 8- or 16-bit integer grey, RGB or RGBA pixels") from None
     except Exception as exc:
         raise InvalidInput(f"image is corrupt or truncated ({type(exc).__name__}: {exc}): re-encode it") from None
     return format_, width, height
+
+
+_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+               b"BM": "BMP"}
+
+
+def _claimed_format(data: bytes) -> str:
+    """The supported format whose signature ``data`` starts with, if any."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for signature, name in _SIGNATURES.items() if data.startswith(signature)), "")
 
 
 def _check_jpeg_complete(data: bytes) -> None:

@@ -25,7 +25,7 @@ from prelabel_client import PreLabelClient
 from prelabel_client.batch import OutputFolderError, predict_files
 from prelabel_client.cli import main as prelabel_main
 from prelabel_models.image_files import read_image
-from prelabel_proto.errors import PrelabelError
+from prelabel_proto.errors import PrelabelError, ResourceExhausted
 from prelabel_server.grpc_api.server import RunningServer, start_server
 from prelabel_server.settings import ServerSettings
 
@@ -170,6 +170,9 @@ def test_a_stream_lost_mid_job_leaves_a_manifest_of_what_was_done_and_what_was_n
     for entry in finished:
         assert set(entry) == {"image", *FILE_KEYS, *STAMP_KEYS} and all(Path(path).is_file() for path in _listed_files(entry))
     assert all(entry["error"].startswith("not processed: ") for entry in failed)
+    assert raised.value.__notes__ == [f"stopped with {len(failed)} of 24 images not processed ({len(finished)} written, "
+                                      f"0 failed; each listed in {out / 'manifest.jsonl'}): run the same command "
+                                      "with --resume to finish"]  # what `prelabel predict` prints under the error
     coco = json.loads((out / "coco.json").read_text())  # written for the images done before the stream died
     assert [image["file_name"] for image in coco["images"]] == [Path(entry["image"]).name for entry in finished]
 
@@ -254,7 +257,9 @@ def test_sigterm_lists_every_image_not_processed(onnx_server: RunningServer, sma
     assert job.returncode == 143 and "prelabel predict: terminated" in error
     manifest = _manifest(out)
     assert [entry["image"] for entry in manifest] == list(map(str, images))
-    assert any(entry.get("error", "").startswith("not processed") for entry in manifest)
+    unprocessed = sum(entry.get("error", "").startswith("not processed") for entry in manifest)
+    assert unprocessed and f"stopped with {unprocessed} of 150 images not processed" in error
+    assert "run the same command with --resume to finish" in error
 
 
 def test_a_name_that_is_not_utf8_is_printed_escaped(onnx_server: RunningServer, small_camvid_rgb,
@@ -358,3 +363,40 @@ def test_an_image_given_twice_keeps_two_sets_of_files_when_resumed(onnx_client: 
     first = [entry["mask"] for entry in _manifest(out)]
     report = predict_files(onnx_client, images, out, resume=True)
     assert report.kept == 2 and [entry["mask"] for entry in _manifest(out)] == first and len(set(first)) == 2
+
+
+def test_a_file_larger_than_a_message_fails_alone_unread(onnx_client: PreLabelClient, camvid_val_images,
+                                                          tmp_path: Path) -> None:
+    """A 2 GiB file was read whole (4 GB of client memory), then failed to serialise, and the
+    stream's "Exception iterating requests!" ended the job with every image not processed."""
+    huge = tmp_path / "huge.png"
+    with huge.open("wb") as sparse:  # takes no disk space: only its size matters
+        sparse.truncate(2**31 + 10)
+    with pytest.raises(ResourceExhausted, match=rf"huge.png is {2**31 + 10} bytes, over the limit of \d+ bytes"):
+        onnx_client.predict(huge)
+    report = predict_files(onnx_client, [huge, camvid_val_images[0]], tmp_path / "out")
+    assert (report.written, report.failed) == (1, 1)
+    assert "over the limit" in report.failures[str(huge)]
+
+
+def test_the_jobs_own_files_keep_their_names_and_hold_each_file_once(onnx_client: PreLabelClient, camvid_val_images,
+                                                                     tmp_path: Path) -> None:
+    """An image named coco.png had its summary overwritten by the job's coco.json; an image given
+    twice was in coco.json twice (CVAT would put each mask on its frame twice); and a job without
+    --coco left an earlier job's coco.json beside its new manifest."""
+    (tmp_path / "in").mkdir()
+    coco_png = tmp_path / "in" / "coco.png"
+    coco_png.symlink_to(camvid_val_images[0])
+    out = tmp_path / "out"
+    report = predict_files(onnx_client, [coco_png, tmp_path / "in" / ".." / "in" / "coco.png", coco_png], out,
+                           coco=True)
+    assert report.written == 3
+    summaries = [entry["summary"] for entry in _manifest(out)]
+    assert str(out / "coco.json") not in summaries and len(set(summaries)) == 3
+    assert all("summary" in json.loads(Path(summary).read_text()) for summary in summaries)
+    coco = json.loads((out / "coco.json").read_text())
+    assert [image["file_name"] for image in coco["images"]] == ["coco.png"]
+    assert {annotation["image_id"] for annotation in coco["annotations"]} == {1}
+
+    predict_files(onnx_client, camvid_val_images[:1], out)  # a new job in the same folder, without --coco
+    assert not (out / "coco.json").exists()

@@ -62,6 +62,12 @@ def _gif() -> bytes:
     return buffer.getvalue()
 
 
+def _tiff(png: bytes) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(buffer, format="TIFF", compression="tiff_lzw")
+    return buffer.getvalue()
+
+
 def _request(image: pb.Image | bytes, **fields: object) -> pb.PredictRequest:
     return pb.PredictRequest(image=pb.Image(encoded=image) if isinstance(image, bytes) else image, **fields)
 
@@ -76,6 +82,8 @@ CASES: dict[str, tuple[Callable[[bytes], pb.PredictRequest], grpc.StatusCode, tu
     "truncated-png": (lambda png: _request(png[: len(png) // 2]), INVALID, ("truncated",)),
     "png-with-flipped-byte": (lambda png: _request(_flip_middle_byte(png)), INVALID, ("corrupt",)),
     "png-without-image-data": (lambda png: _request(_png_without_image_data()), INVALID, ("corrupt", "re-encode")),
+    # Pillow cannot even identify a TIFF whose directory is cut short: it was told to "send ... TIFF"
+    "truncated-lzw-tiff": (lambda png: _request(_tiff(png)[:40]), INVALID, ("starts as a TIFF", "truncated")),
     "truncated-jpeg": (lambda png: _request(encode(cv2.imdecode(np.frombuffer(png, np.uint8), 1), ".jpg")[:-200]),
                        INVALID, ("truncated",)),
     "empty-image": (lambda png: _request(b""), INVALID, ("empty",)),
