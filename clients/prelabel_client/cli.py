@@ -35,6 +35,8 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig.load(args.config)
     if args.epochs is not None:
         config.recipe.epochs = args.epochs
+    if args.version or args.init:
+        config.card.version = args.version or _next_version(args.init)
     run = TrainingRun(config=config, data_root=args.data, out=args.out, run_dir=args.run_dir or args.out.parent / "runs" / args.out.name,
                       init=args.init, resume=args.resume)
     best = train(run)
@@ -46,6 +48,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _next_version(base_package: Path) -> str:
+    """A fine-tuned package's version: its base's plus one. Both used to be the config's "1", so
+    responses, manifests (and ``predict --resume``) could not tell the two models apart."""
+    from prelabel_models.evaluation.cli import UsageError
+    from prelabel_models.package import ModelPackage
+
+    version = ModelPackage.open(base_package).card.version
+    if not version.isdigit():
+        raise UsageError(f"--init {base_package} has version {version!r}, not a whole number: give the new "
+                         "package's version with --version")
+    return str(int(version) + 1)
+
+
 def _add_train(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("train", help="train or fine-tune a model package on an image/label folder")
     parser.add_argument("--config", type=Path, required=True, help="TOML file: [card] template and [recipe]")
@@ -55,6 +70,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --run-dir")
     parser.add_argument("--init", type=Path, help="model package to fine-tune instead of starting from scratch")
     parser.add_argument("--epochs", type=whole_number(1), help="override the recipe's epoch count (1 or more)")
+    parser.add_argument("--version", help="the new package's version (default: the config's; with --init, the "
+                                           "base package's version plus one)")
     parser.set_defaults(handler=_train)
 
 

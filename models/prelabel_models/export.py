@@ -25,7 +25,7 @@ from prelabel_models.backends.onnx_backend import (
 from prelabel_models.backends.torch_backend import TorchBackend
 from prelabel_models.image_files import list_images, read_rgb
 from prelabel_models.network import EmbeddingGraph, MaskedHeadGraph, TrunkGraph, load_network
-from prelabel_models.package import ModelPackage
+from prelabel_models.package import WEIGHTS_DIGEST_KEY, ModelPackage
 from prelabel_models.predictor import Predictor
 
 OPSET = 17
@@ -54,13 +54,20 @@ SPATIAL_AXES = {0: "batch", 2: "height", 3: "width"}
 
 
 def _export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], path: Path, opset: int,
-            extra_outputs: dict[str, dict[int, str]] | None = None, axes: dict[str, dict[int, str]] | None = None) -> None:
+            weights_digest: str, extra_outputs: dict[str, dict[int, str]] | None = None,
+            axes: dict[str, dict[int, str]] | None = None) -> None:
+    """Writes the graph with the digest of the weights it was made from (see WEIGHTS_DIGEST_KEY)."""
+    import onnx
+
     dynamic = {name: SPATIAL_AXES for name in [*names, OUTPUT_NAME]} | (extra_outputs or {}) | (axes or {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, inputs, str(path), input_names=names,
                           output_names=[OUTPUT_NAME, *(extra_outputs or {})],
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, {WEIGHTS_DIGEST_KEY: weights_digest})
+    onnx.save(graph, str(path))
 
 
 def export_onnx(package: ModelPackage, opset: int = OPSET) -> Path:
@@ -71,17 +78,18 @@ def export_onnx(package: ModelPackage, opset: int = OPSET) -> Path:
     network = load_network(card, package.weights_path)
     side = card.output_stride * max(1, 256 // card.output_stride)
     example = torch.zeros(1, card.in_channels, side, side)
-    _export(EmbeddingGraph(network).eval(), (example,), [INPUT_NAME], package.onnx_path, opset,
+    digest = package.weights_digest()
+    _export(EmbeddingGraph(network).eval(), (example,), [INPUT_NAME], package.onnx_path, opset, digest,
             extra_outputs={EMBEDDING_NAME: {0: "batch"}})
     if card.head_dropout > 0:
         # Wrappers are built in eval mode: the exporter restores each module's mode afterwards.
-        _export(TrunkGraph(network).eval(), (example,), [INPUT_NAME], package.trunk_onnx_path, opset)
+        _export(TrunkGraph(network).eval(), (example,), [INPUT_NAME], package.trunk_onnx_path, opset, digest)
         with torch.no_grad():
             features = network.features(example)
         # Separate batch axes: one image's features broadcast against a batch of masks.
         masks = torch.ones(2, *features.shape[1:])
         _export(MaskedHeadGraph(network).eval(), (features, masks), [FEATURES_NAME, MASK_NAME], package.head_onnx_path,
-                opset, axes={FEATURES_NAME: {0: "images", 2: "height", 3: "width"}, MASK_NAME: SPATIAL_AXES,
+                opset, digest, axes={FEATURES_NAME: {0: "images", 2: "height", 3: "width"}, MASK_NAME: SPATIAL_AXES,
                              OUTPUT_NAME: SPATIAL_AXES})
     return package.onnx_path
 

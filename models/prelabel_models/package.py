@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from prelabel_models.card import CARD_FILE, ModelCard, one_line
+
+
+# In every ONNX graph `prelabel export` writes: the SHA-256 of the weights file it was made from. A
+# package whose weights were replaced (fine-tuned, copied over the served folder) and not exported
+# again kept serving the old ONNX files under the new card, and a reload said it had worked.
+WEIGHTS_DIGEST_KEY = "prelabel.weights_sha256"
 
 
 class ModelPackageError(Exception):
@@ -40,6 +47,10 @@ class ModelPackage:
     @property
     def weights_path(self) -> Path:
         return self.folder / self.card.weights
+
+    def weights_digest(self) -> str:
+        with self.weights_path.open("rb") as weights:
+            return hashlib.file_digest(weights, "sha256").hexdigest()
 
     @property
     def onnx_path(self) -> Path:

@@ -7,10 +7,14 @@ import json
 import threading
 from pathlib import Path
 
+import onnx
 import pytest
+from safetensors.torch import load_file, save_file
 
 from prelabel_client import PreLabelClient
-from prelabel_models import ModelPackage
+from prelabel_models import ModelPackage, ModelPackageError
+from prelabel_models.backends.onnx_backend import OnnxBackend
+from prelabel_models.export import export_onnx
 from prelabel_proto.errors import FailedPrecondition, ModelNotFound
 from prelabel_server.grpc_api.server import start_server
 from prelabel_server.settings import ServerSettings
@@ -84,3 +88,43 @@ def test_a_package_renamed_in_its_card_serves_under_its_new_name_alone(reload_se
         assert admin.predict(camvid_val_images[0], model="renamed").model_version == "2"
         with pytest.raises(ModelNotFound):
             admin.predict(camvid_val_images[0], model=MODEL)
+
+
+def test_new_weights_are_not_served_from_the_old_onnx_files(reload_server, camvid_val_images):
+    """The README's loop (fine-tune, copy the new package over the served one, reload) kept serving
+    the old ONNX files beside the new weights, and the reload said it had worked."""
+    running, folder = reload_server
+    weights = load_file(folder / "model.safetensors")
+    save_file({name: tensor * 1.5 if tensor.is_floating_point() else tensor for name, tensor in weights.items()},
+              folder / "model.safetensors")  # "fine-tuned": copied in without `prelabel export`
+    _set_card_field(folder, version="2")
+    with PreLabelClient(running.address) as client:
+        before = client.predict(camvid_val_images[0], model=MODEL).mask
+        with pytest.raises(FailedPrecondition, match=r"model.onnx was exported from other weights than "
+                                                     r"model.safetensors.*prelabel export"):
+            client.reload_model(MODEL)
+        assert client.model(MODEL).version == "1"  # still serving, as before
+        export_onnx(ModelPackage.open(folder))
+        info, previous = client.reload_model(MODEL)
+        assert (previous, info.version, info.state) == ("1", "2", "ready")
+        assert (client.predict(camvid_val_images[0], model=MODEL).mask != before).any()
+
+
+def _forget_weights(graph_path: Path) -> None:
+    graph = onnx.load(str(graph_path))
+    del graph.metadata_props[:]
+    onnx.save(graph, str(graph_path))
+
+
+def test_onnx_files_that_do_not_say_which_weights_they_came_from_are_refused(tmp_path, repo_root):
+    """An export by an earlier prelabel (or another tool) cannot be told apart from a stale one."""
+    package = ModelPackage.open(repo_root / "models" / "camvid").copy_to(tmp_path / "old-export")  # MC graphs too
+    _forget_weights(package.trunk_onnx_path)  # MC dropout's graphs must come from the same weights too
+    with pytest.raises(ModelPackageError, match="MC dropout's graphs .* exported from other weights"):
+        OnnxBackend(package)
+    _forget_weights(package.onnx_path)
+    with pytest.raises(ModelPackageError, match="does not record which weights it was exported from"):
+        OnnxBackend(package)
+    package.weights_path.unlink()  # a package of ONNX files alone has nothing to compare them with
+    _forget_weights(package.head_onnx_path)
+    assert OnnxBackend(package).session is not None

@@ -175,3 +175,18 @@ def test_unusable_training_data_is_refused_before_the_first_step(first_run: Tiny
     error = capsys.readouterr().err
     assert says in error and "Traceback" not in error and len(error.strip().splitlines()) == 1
     assert not run.out.exists() and not (run.run_dir / METRICS_LOG).exists()
+
+
+def test_a_fine_tuned_package_gets_the_next_version(first_run: TinyRun, tmp_path: Path, capsys) -> None:
+    """Both packages were version "1" (the config's), so a reload, the responses and `predict
+    --resume` could not tell the fine-tuned model from its base."""
+    tuned = TinyRun(first_run.config, first_run.data, tmp_path / "tuned", tmp_path / "run")
+    assert main(tuned.args("--init", str(first_run.out), "--epochs", "1")) == 0
+    assert ModelPackage.open(tuned.out).card.version == "2"
+    named = TinyRun(first_run.config, first_run.data, tmp_path / "named", tmp_path / "run-named")
+    assert main(named.args("--init", str(tuned.out), "--epochs", "1", "--version", "2024-06-rc1")) == 0
+    assert ModelPackage.open(named.out).card.version == "2024-06-rc1"
+    again = TinyRun(first_run.config, first_run.data, tmp_path / "again", tmp_path / "run-again")
+    assert main(again.args("--init", str(named.out), "--epochs", "1")) == 2
+    assert "has version '2024-06-rc1', not a whole number: give the new package's version with --version" in \
+        capsys.readouterr().err

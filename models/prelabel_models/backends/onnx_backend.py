@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from prelabel_models.backends import DeviceUnavailable
-from prelabel_models.package import ModelPackage, ModelPackageError
+from prelabel_models.package import WEIGHTS_DIGEST_KEY, ModelPackage, ModelPackageError
 from prelabel_models.postprocessing import MapRequest, SegmentationMaps, maps_of_batch
 
 INPUT_NAME = "images"
@@ -25,6 +25,24 @@ def _digests(graphs: tuple[bytes, ...]) -> tuple[str, ...]:
 
 def _providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+
+
+def _recorded_digest(session: ort.InferenceSession) -> str:
+    return session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY, "")
+
+
+def _check_exported_from_weights(package: ModelPackage, recorded: str) -> None:
+    """Refuses ONNX files made from other weights than the package's (a package without a weights
+    file is served from its ONNX file alone)."""
+    if not package.weights_path.is_file():
+        return
+    export = f"run `prelabel export {package.folder}` to export them"
+    if not recorded:
+        raise ModelPackageError(f"{package.onnx_path.name} does not record which weights it was exported from (an "
+                                f"earlier prelabel, or another tool, wrote it), so it may not be {package.weights_path.name}'s: {export}")
+    if recorded != package.weights_digest():
+        raise ModelPackageError(f"{package.onnx_path.name} was exported from other weights than {package.weights_path.name} "
+                                f"(replaced since, e.g. by a fine-tuned package copied in): {export}")
 
 
 class OnnxBackend:
@@ -60,6 +78,8 @@ class OnnxBackend:
         self._providers = providers
         self._package = package
         self.session = ort.InferenceSession(str(package.onnx_path), self._options, providers=providers)
+        self._weights_digest = _recorded_digest(self.session)
+        _check_exported_from_weights(package, self._weights_digest)
         self.device = device
         self._split_sessions: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
         self._split_digests: tuple[str, ...] | None = None  # of the graphs as they were at load
@@ -138,4 +158,8 @@ class OnnxBackend:
             reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             raise ModelPackageError(f"MC dropout's graphs {[p.name for p in paths]} in {self._package.folder} cannot "
                                     f"be loaded ({reason}): run `prelabel export {self._package.folder}` again") from exc
+        if any(_recorded_digest(graph) != self._weights_digest for graph in (trunk, head)):
+            raise ModelPackageError(f"MC dropout's graphs {[p.name for p in paths]} in {self._package.folder} were "
+                                    f"exported from other weights than {self._package.onnx_path.name}: run "
+                                    f"`prelabel export {self._package.folder}` again")
         return trunk, head
