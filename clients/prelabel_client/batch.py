@@ -62,7 +62,8 @@ class BatchReport:
 
 
 def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, model: str = "",
-                  measure: str = "entropy", patience_s: float = 600.0, coco: bool = False,
+                  measure: str = "entropy", uncertainty_threshold: float | None = None,
+                  patience_s: float = 600.0, coco: bool = False,
                   label_studio: str | None = None, resume: bool = False) -> BatchReport:
     """Pre-annotates ``images`` into ``out_dir`` over one stream. A server at its limit of open
     streams or calls refuses the stream before any image is processed; the job then waits its turn
@@ -121,7 +122,9 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
         precision = "png_uint16" if measure in SMALL_RANGE_MEASURES else "png_uint8"
         results = stream_when_admitted(lambda: client.predict_many([image for image, _ in todo], raise_on_error=False,
                                                                     model=model, measure=measure, outputs=outputs,
-                                                                    uncertainty_format=precision), patience_s)
+                                                                    uncertainty_format=precision,
+                                                                    uncertainty_threshold=uncertainty_threshold),
+                                   patience_s)
         for (image, name), result in tqdm(zip(todo, results), total=len(todo), unit="img", desc="pre-annotating"):
             part = image_entry(result) if collected is not None and isinstance(result, Prediction) else None
             entry = _written(result, image, name, out_dir, served.palette, measure, part)

@@ -111,7 +111,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     with _connect(args) as client:
         report = predict_files(client, args.images, args.out, model=args.model, measure=args.measure,
-                               coco=args.coco, label_studio=args.image_url if args.label_studio else None,
+                               uncertainty_threshold=args.uncertainty_threshold, coco=args.coco, label_studio=args.image_url if args.label_studio else None,
                                resume=args.resume)
     print(report.describe())
     return 0 if report.failed == 0 else 1
@@ -227,7 +227,7 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's root certificates")
     parser.add_argument("--root-certificates", type=Path, metavar="PEM",
                         help="speak TLS, trusting these PEM root certificates (e.g. a self-signed server's own)")
-    parser.add_argument("--max-message-bytes", type=whole_number(0),
+    parser.add_argument("--max-message-bytes", type=whole_number(1024, 2**31 - 1),  # the server's own bounds
                         default=os.environ.get("PRELABEL_MAX_MESSAGE_BYTES", str(64 * 1024 * 1024)),
                         help="largest message, as the server's PRELABEL_MAX_MESSAGE_BYTES (read from there by "
                              "default): an image over it is reported alone instead of failing the whole job")
@@ -264,6 +264,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _open_unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and less than 1, got {text}")
+    return value
+
+
 def _image_url(text: str) -> str:
     try:
         check_image_url(text)
@@ -282,6 +292,10 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--out", type=Path, required=True, help="folder for masks, overlays, heat maps, summaries")
     predict.add_argument("--model", default="", help="model name (default: the server's default model)")
     predict.add_argument("--measure", default="entropy", choices=MEASURES, help="uncertainty measure (default entropy)")
+    predict.add_argument("--uncertainty-threshold", type=_open_unit_interval,
+                         help="uncertainty above which a pixel counts as uncertain in the summary's "
+                              "uncertain_fraction (between 0 and 1; default the server's, 0.5: too high for "
+                              "mutual_information and mc_variance, whose values stay small)")
     predict.add_argument("--coco", action="store_true",
                          help="also write OUT/coco.json: per-class masks as COCO RLE (CVAT, pycocotools, datumaro)")
     predict.add_argument("--label-studio", action="store_true",

@@ -109,3 +109,22 @@ def test_health_of_no_server_fails(tmp_path: Path) -> None:
 def test_health_of_a_service_the_server_never_had_says_what_names_exist(onnx_server: RunningServer) -> None:
     result = _prelabel("health", "--service", "deeplab", "--server", onnx_server.address, "--timeout", "10")
     assert result.returncode == 1 and "no health service 'deeplab'" in result.stderr and "models/NAME" in result.stderr
+
+
+def test_predict_takes_the_uncertainty_threshold(onnx_server: RunningServer, camvid_val_images: list[Path],
+                                                 tmp_path: Path) -> None:
+    """Without it, the summaries of mutual_information and mc_variance (values well under the
+    default 0.5) always said no pixel was uncertain."""
+    fractions = {}
+    for threshold in ("0.05", "0.95"):
+        out = tmp_path / threshold
+        result = _prelabel("predict", str(camvid_val_images[0]), "--out", str(out), "--server", onnx_server.address,
+                           "--uncertainty-threshold", threshold)
+        assert result.returncode == 0, result.stderr
+        summary = json.loads((out / f"{camvid_val_images[0].stem}.json").read_text())["summary"]
+        assert summary["uncertainty_threshold"] == pytest.approx(float(threshold))
+        fractions[threshold] = summary["uncertain_fraction"]
+    assert fractions["0.05"] > fractions["0.95"]
+    refused = _prelabel("predict", str(camvid_val_images[0]), "--out", str(tmp_path / "no"),
+                        "--uncertainty-threshold", "1.5")
+    assert refused.returncode == 2 and "more than 0 and less than 1" in refused.stderr

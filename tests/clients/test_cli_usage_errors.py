@@ -40,6 +40,8 @@ def _prelabel(*args: str, **env: str) -> subprocess.CompletedProcess:
     # a flag's error named the environment variable instead
     (("serve", "--port", "70000"), {}, "--port: must be 0 to 65535, got 70000"),
     (("models", "--timeout", "inf"), {}, "--timeout: must be more than 0 and less than 1e9 seconds"),
+    # every call failed with exit 1 instead
+    (("models", "--max-message-bytes", "100"), {}, "--max-message-bytes: must be 1024 to 2147483647, got 100"),
     (("train", "--config", "c.toml", "--data", "d", "--out", "o", "--epochs", "0"), {}, "--epochs: must be 1 or more"),
     (("evaluate", "models/camvid", "--data", "d", "--threads", "-1"), {}, "--threads: must be 1 or more"),
     # gRPC took port 99999 as 34463, and an empty address as an internal error with its own log lines:

@@ -104,6 +104,8 @@ CASES: dict[str, tuple[Callable[[bytes], pb.PredictRequest], grpc.StatusCode, tu
     "unknown-measure": (lambda png: _request(png, uncertainty_measure=99), INVALID,
                         ("uncertainty_measure", "99", "UNCERTAINTY_MEASURE_MARGIN")),
     "unknown-mask-format": (lambda png: _request(png, mask_format=99), INVALID, ("mask_format", "99")),
+    "unspecified-output": (lambda png: _request(png, outputs=[pb.OUTPUT_MASK, pb.OUTPUT_UNSPECIFIED]), INVALID,
+                           ("OUTPUT_UNSPECIFIED", "names no output", "leave the list empty")),
     "unknown-output": (lambda png: _request(png, outputs=[pb.OUTPUT_MASK, 42]), INVALID, ("outputs", "42")),
     "format-not-for-masks": (lambda png: _request(png, mask_format=pb.ARRAY_FORMAT_RAW_FLOAT16), INVALID,
                              ("ARRAY_FORMAT_RAW_FLOAT16", "mask", "ARRAY_FORMAT_PNG_UINT8")),

@@ -59,6 +59,9 @@ def _format(value: int, default: str, field: str) -> str:
 def _outputs(values: list[int]) -> frozenset[str]:
     if not values:
         return DEFAULT_OUTPUTS
+    if pb.OUTPUT_UNSPECIFIED in values:
+        raise InvalidInput("outputs lists OUTPUT_UNSPECIFIED, which names no output: list the outputs wanted, or "
+                           "leave the list empty for the mask and the uncertainty map")
     return frozenset(_enum_value(_OUTPUTS, v, "outputs", "Output") for v in values)
 
 
