@@ -62,6 +62,9 @@ def _error_from(exc: grpc.RpcError, timeout: float | None = None) -> PrelabelErr
                    "PRELABEL_MAX_CONCURRENT_RPCS): retry later, or send fewer calls at once")
     elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and _GRPC_SIZE_LIMIT in details:
         details = f"{details}. {_size_limit_remedy(details)}"
+    elif code == grpc.StatusCode.UNAVAILABLE and details.endswith("Socket closed"):  # all a plaintext call to TLS hears
+        details = (f"{details} (if the server speaks TLS, connect with TLS: PreLabelClient(tls=True) or "
+                   "root_certificates=..., --tls or --root-certificates on the command line)")
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded" and timeout:
         details = (f"no answer within the call's timeout of {timeout:g} s: raise it (PreLabelClient(timeout=...) "
                    "or the call's timeout=...); large images are tiled and take longer")
@@ -79,8 +82,8 @@ def _size_limit_remedy(details: str) -> str:
                 "JPEG) rather than as raw pixels, or raise max_message_bytes and the server's "
                 "PRELABEL_MAX_MESSAGE_BYTES")
     return ("A message was over the server's size limit (PRELABEL_MAX_MESSAGE_BYTES), which fails the whole "
-            "call: raise it, or give PreLabelClient the same max_message_bytes, so that predict_many reports "
-            "such an image alone and goes on")
+            "call: raise it, or give PreLabelClient the same max_message_bytes (--max-message-bytes on the "
+            "command line), so that predict_many reports such an image alone and goes on")
 
 
 def _choice(names: dict[str, int], name: str, option: str) -> int:

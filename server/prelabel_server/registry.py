@@ -104,7 +104,8 @@ class ModelRegistry:
                 served.batcher = DynamicBatcher(served.name, served.predictor, package.card.max_batch_size,
                                                 package.card.max_queue_delay_ms, self._settings.max_queue_size)
             served.state = "ready"
-            log.info("model %s %s ready on %s (%s)", served.name, package.card.version, backend.name, backend.device)
+            log.info("package %s loaded: model %s version %s on %s (%s)", folder, served.name, package.card.version,
+                     backend.name, backend.device)  # filed, or refused as a duplicate name, by the caller
         except Exception as exc:  # any failure is reported per model, not raised
             served.state, served.error = "failed", f"{type(exc).__name__}: {exc}"
             log.error("model package %s failed to load: %s", folder, served.error)

@@ -45,7 +45,8 @@ def test_the_cli_reaches_a_tls_server_with_its_root_certificate(model_repository
         assert main(["models", "--server", running.address, "--root-certificates", str(cert)]) == 0
         assert "deeplab" in capsys.readouterr().out
         assert main(["models", "--server", running.address, "--timeout", "10"]) == 1  # plaintext is not answered
-        assert "UNAVAILABLE" in capsys.readouterr().err
+        error = capsys.readouterr().err
+        assert "UNAVAILABLE" in error and "if the server speaks TLS" in error, error
     finally:
         running.stop(grace=0)
 
