@@ -303,8 +303,8 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
                               "OUT/label_studio_config.xml (the labelling interface they need)")
     predict.add_argument("--image-url", type=_image_url, default=DEFAULT_IMAGE_URL,
                          help="with --label-studio, where Label Studio loads each image: {path} becomes its path "
-                              "relative to the images' common folder (default %(default)s: Label Studio's "
-                              "local files, LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to that folder)")
+                              "relative to the images' common folder, {root} that folder's name (default "
+                              "%(default)s: Label Studio's local files, its document root the folder's parent)")
     predict.add_argument("--resume", action="store_true",
                          help="continue a job cut short in --out: keep the images its manifest lists as written")
     _add_client_options(predict)
