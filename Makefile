@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-$(DEFAULT)/model.onnx: $(DEFAULT)/model.safetensors $(DEFAULT)/card.json | $(STAMP)
+# export.py too: a checkout whose ONNX files an older export wrote gets them written again.
+$(DEFAULT)/model.onnx: $(DEFAULT)/model.safetensors $(DEFAULT)/card.json models/prelabel_models/export.py | $(STAMP)
 	$(BIN)/prelabel export $(DEFAULT)
 
 demo: $(STAMP) $(DEFAULT)/model.onnx

@@ -539,7 +539,8 @@ def host_only(package: ModelPackage, payloads: list[bytes], images: list[np.ndar
     cores. (On a GPU the maps are made on the device, so this is not the GPU path's ceiling.)"""
     with tempfile.TemporaryDirectory() as scratch:
         copy = package.copy_to(Path(scratch) / package.card.name)
-        copy.weights_path.unlink()  # served from the ONNX file alone: it is not made from these weights
+        for unused in (copy.weights_path, copy.trunk_onnx_path, copy.head_onnx_path):  # served from model.onnx
+            unused.unlink(missing_ok=True)                                              # alone, not made from them
         write_pointwise_network(copy.onnx_path, package.card.in_channels, package.card.num_classes)
         with ServerProcess(Path(scratch)) as server:
             address = server.address

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO, TypeVar
 
+import grpc
 from tqdm import tqdm
 
 from prelabel_client.client import PreLabelClient
-from prelabel_client.coco import CocoFile, image_entry
+from prelabel_client.coco import CocoFile, image_entry, image_root
 from prelabel_client.label_studio import check_ready, write_label_studio
 from prelabel_client.outputs import (
     COCO_FILE,
@@ -31,7 +32,7 @@ from prelabel_client.outputs import (
     write_prediction,
 )
 from prelabel_client.results import FailedPrediction, Prediction
-from prelabel_proto.errors import PrelabelError, ResourceExhausted
+from prelabel_proto.errors import DeadlineExceeded, ModelUnavailable, PrelabelError, ResourceExhausted
 
 ResultT = TypeVar("ResultT")
 
@@ -83,15 +84,15 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     same masks as Label Studio tasks, beside the labelling config they belong to.
 
     ``resume`` continues a job cut short in the same ``out_dir``: an image whose previous manifest
-    entry says it was written, by the model version and measure now served, and whose files are
+    entry says it was written, by the model version now served with the same measure and threshold, and whose files are
     all in ``out_dir`` under its output name (with ``coco`` or ``label_studio``, its JSON holding its
     COCO part) is
     kept and not sent again; every other image is done (again). The previous manifest is only
     replaced once the server has answered, and the kept entries open the new one."""
     images = [Path(image) for image in images]
     segments = coco or label_studio is not None
-    if label_studio is not None:
-        check_ready(label_studio)
+    if label_studio is not None and images:
+        check_ready(label_studio, image_root(images))
     _check_output_folder(out_dir, images)
     previous = _previous_entries(out_dir) if resume else {}
     manifest = None if resume else _open_manifest(out_dir)
@@ -104,7 +105,8 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
         todo = list(zip(images, names))
         served = client.model(model)
         collected = CocoFile(served.classes, images, f"{served.name} v{served.version}") if segments else None
-        wanted = {"model": served.name, "model_version": served.version, "measure": measure}
+        options = {"measure": measure, "uncertainty_threshold": uncertainty_threshold}  # None: the server's
+        wanted = {"model": served.name, "model_version": served.version, **options}
         kept = {}
         for image, name in todo:
             found = _kept_entry(previous.get((str(image), name)), out_dir, name, wanted, segments)
@@ -127,7 +129,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
                                    patience_s)
         for (image, name), result in tqdm(zip(todo, results), total=len(todo), unit="img", desc="pre-annotating"):
             part = image_entry(result) if collected is not None and isinstance(result, Prediction) else None
-            entry = _written(result, image, name, out_dir, served.palette, measure, part)
+            entry = _written(result, image, name, out_dir, served.palette, options, part)
             if "error" in entry:
                 report.failures[str(image)] = entry["error"]
             else:
@@ -149,9 +151,11 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
                 for image, _ in todo[done:]:
                     _append(manifest, {"image": str(image), "error": error})
                 unanswered = sum(error.startswith("not processed") for error in report.failures.values())
-                exc.add_note(f"stopped with {unanswered + len(todo) - done} of {len(images)} images not processed "
-                             f"({report.written + report.kept} written, {report.failed - unanswered} failed; each "
-                             f"listed in {out_dir / MANIFEST_FILE}): run the same command with --resume to finish")
+                if _resumable(exc):
+                    exc.add_note(f"stopped with {unanswered + len(todo) - done} of {len(images)} images not processed "
+                                 f"({report.written + report.kept} written, {report.failed - unanswered} failed; "
+                                 f"each listed in {out_dir / MANIFEST_FILE}): run the same command with --resume "
+                                 "to finish")
             if collected is not None:
                 _write_exports(collected, out_dir, report, coco, label_studio)
         except OSError:  # the outputs themselves cannot be written: the job's own error matters more
@@ -218,9 +222,10 @@ def _saved_coco_part(summary: Path) -> dict | None:
 
 
 def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_dir: Path,
-             palette: list[tuple[int, int, int]], measure: str, coco_part: dict | None) -> dict[str, str]:
-    """The manifest entry of one image: its files once written (and the model version and measure
-    that made them), or its error (the server's, or a file that could not be written)."""
+             palette: list[tuple[int, int, int]], options: dict, coco_part: dict | None) -> dict[str, str]:
+    """The manifest entry of one image: its files once written (and the model version and the
+    job's ``options``, measure and threshold, that made them), or its error (the server's, or a
+    file that could not be written)."""
     if isinstance(result, FailedPrediction):
         prefix = "" if result.answered else "not processed: "
         return {"image": str(image), "error": prefix + result.error.describe()}
@@ -228,7 +233,7 @@ def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_
         files = write_prediction(result, image, out_dir, palette, name=name,
                                  extra=None if coco_part is None else {"coco": coco_part})
         return {"image": str(image), **files, "model": result.model, "model_version": result.model_version,
-                "measure": measure}
+                **options}
     except OutputWriteError as exc:
         return {"image": str(image), "error": f"not written: {exc}"}
 
@@ -269,6 +274,15 @@ def _append(manifest: TextIO, entry: dict[str, str]) -> None:
     manifest.flush()
 
 
+def _resumable(exc: BaseException) -> bool:
+    """Whether running the job again may finish it: it was stopped, or lost the server, not refused
+    for a reason a second run would meet again (an unknown model, an image URL it cannot write)."""
+    if isinstance(exc, ResourceExhausted):
+        return _server_busy(exc)
+    return isinstance(exc, (KeyboardInterrupt, ModelUnavailable, DeadlineExceeded)) or \
+        (isinstance(exc, PrelabelError) and exc.code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED))
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, PrelabelError):
         return exc.describe()
@@ -283,16 +297,17 @@ def _server_busy(error: ResourceExhausted) -> bool:
 def stream_when_admitted(open_stream: Callable[[], Iterator[ResultT]], patience_s: float) -> Iterator[ResultT]:
     """``open_stream()``'s results; a stream refused for being over the server's stream or call
     limit before its first result (nothing was processed yet) is opened again, with back-off,
-    until ``patience_s`` has passed. Images the client refused to send come before the server's
-    answer and are no sign of admission: they are held until it comes (a job whose first image
-    was missing used to fail whole at a busy server instead of waiting)."""
+    until ``patience_s`` has passed. Failures the server did not answer (images the client
+    refused to send, and images the refused stream left unanswered before them) are no sign of
+    admission: they are held until an answer comes (a job with a missing image used to fail whole
+    at a busy server instead of waiting)."""
     waited, delay = 0.0, 1.0
     while True:
         results = open_stream()
         unsent: list[ResultT] = []
         try:
             first = next(results)
-            while isinstance(first, FailedPrediction) and not first.sent:
+            while isinstance(first, FailedPrediction) and not (first.sent and first.answered):
                 unsent.append(first)
                 first = next(results)
         except StopIteration:

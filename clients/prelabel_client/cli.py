@@ -367,7 +367,8 @@ def _usage_error_types() -> tuple[type[Exception], ...]:
     found: list[type[Exception]] = [OSError]
     for module, name in (("prelabel_models.evaluation.cli", "UsageError"), ("prelabel_models.image_files", "DatasetError"),
                          ("prelabel_models.package", "ModelPackageError"),
-                         ("prelabel_models.backends", "DeviceUnavailable"), ("prelabel_models.training.config", "ConfigError")):
+                         ("prelabel_models.backends", "DeviceUnavailable"),
+                         ("prelabel_client.label_studio", "LabelStudioError"), ("prelabel_models.training.config", "ConfigError")):
         try:
             found.append(getattr(importlib.import_module(module), name))
         except ImportError:

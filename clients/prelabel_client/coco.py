@@ -37,7 +37,7 @@ class CocoFile:
         common folder (the image root), as importers expect. An absolute path was refused by
         datumaro ("escapes base directory"), and CVAT matches annotations to a task's frames by
         these relative names."""
-        self.image_root = Path(os.path.commonpath([_absolute(image).parent for image in images])) if images else Path()
+        self.image_root = image_root(images)
         self._info = {"description": f"prelabel pre-annotations ({model}); file_name is relative to {self.image_root}",
                       "model": model, "image_root": str(self.image_root), "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "version": "1.0"}
         self._categories = [{"id": class_id + CATEGORY_ID_OFFSET, "name": name, "supercategory": "",
@@ -68,6 +68,11 @@ class CocoFile:
     def write(self, path: Path) -> None:
         """Writes the file whole or not at all (OutputWriteError if it cannot be written)."""
         write_whole(path, json.dumps(self.document()).encode())
+
+
+def image_root(images: list[Path]) -> Path:
+    """The folder the job's images are named relative to: their common folder."""
+    return Path(os.path.commonpath([_absolute(image).parent for image in images])) if images else Path()
 
 
 def _absolute(path: Path) -> Path:

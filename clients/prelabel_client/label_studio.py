@@ -27,16 +27,24 @@ DEFAULT_IMAGE_URL = "/data/local-files/?d={root}/{path}"
 BRUSH_TAG, IMAGE_TAG = "tag", "image"
 
 
-def check_ready(image_url: str) -> None:
+class LabelStudioError(ValueError):
+    """Label Studio tasks cannot be written as asked; the message says what to change."""
+
+
+def check_ready(image_url: str, root: Path) -> None:
     """Fails before a job sends its first image rather than after its last: on an ``image_url``
-    without ``{path}`` (ValueError), or without the extra installed (ModuleNotFoundError)."""
+    without ``{path}``, or with ``{root}`` for images whose common folder is ``/`` (LabelStudioError),
+    or without the extra installed (ModuleNotFoundError)."""
     check_image_url(image_url)
+    if "{root}" in image_url and root.parent == root:
+        raise LabelStudioError(f"the images' common folder is {root}, which has no name for {{root}} in the image "
+                               f"URL {image_url!r}: give the images from one folder, or an --image-url without {{root}}")
     import label_studio_converter.brush  # noqa: F401
 
 
 def check_image_url(image_url: str) -> None:
     if "{path}" not in image_url:
-        raise ValueError(f"the image URL {image_url!r} must hold {{path}}, where each image's relative path goes "
+        raise LabelStudioError(f"the image URL {image_url!r} must hold {{path}}, where each image's relative path goes "
                          f"(e.g. {DEFAULT_IMAGE_URL!r} or 'https://example.com/images/{{path}}')")
 
 
@@ -59,7 +67,7 @@ def tasks(document: dict, image_url: str = DEFAULT_IMAGE_URL) -> list[dict]:
     for annotation in document["annotations"]:
         annotations_of[annotation["image_id"]].append(annotation)
     model_version = document["info"].get("model", "")
-    image_url = image_url.replace("{root}", quote(Path(document["info"]["image_root"]).name))
+    image_url = image_url.replace("{root}", _quoted(Path(document["info"]["image_root"]).name))
     return [_task(image, annotations_of[image["id"]], names, image_url, model_version) for image in document["images"]]
 
 
@@ -67,8 +75,13 @@ def _task(image: dict, annotations: list[dict], names: dict[int, str], image_url
     area = sum(annotation["area"] for annotation in annotations)
     score = sum(annotation["score"] * annotation["area"] for annotation in annotations) / area if area else 0.0
     regions = [_brush_region(image, annotation, names[annotation["category_id"]]) for annotation in annotations]
-    return {"data": {IMAGE_TAG: image_url.replace("{path}", quote(image["file_name"]))},
+    return {"data": {IMAGE_TAG: image_url.replace("{path}", _quoted(image["file_name"]))},
             "predictions": [{"model_version": model_version, "score": round(score, 4), "result": regions}]}
+
+
+def _quoted(path: str) -> str:
+    """``path`` URL-quoted; a name that is not UTF-8 (held as surrogates) keeps its own bytes."""
+    return quote(path, errors="surrogateescape")
 
 
 def _brush_region(image: dict, annotation: dict, name: str) -> dict:

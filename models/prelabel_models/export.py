@@ -81,7 +81,10 @@ def export_onnx(package: ModelPackage, opset: int = OPSET) -> Path:
     digest = package.weights_digest()
     _export(EmbeddingGraph(network).eval(), (example,), [INPUT_NAME], package.onnx_path, opset, digest,
             extra_outputs={EMBEDDING_NAME: {0: "batch"}})
-    if card.head_dropout > 0:
+    if card.head_dropout == 0:  # no MC dropout: graphs of an earlier export would be from other weights
+        for stale in (package.trunk_onnx_path, package.head_onnx_path):
+            stale.unlink(missing_ok=True)
+    else:
         # Wrappers are built in eval mode: the exporter restores each module's mode afterwards.
         _export(TrunkGraph(network).eval(), (example,), [INPUT_NAME], package.trunk_onnx_path, opset, digest)
         with torch.no_grad():

@@ -59,7 +59,8 @@ def _probe(data: bytes) -> tuple[str, int, int]:
     except UnidentifiedImageError:
         if claimed := _claimed_format(data):  # Pillow gives up on a TIFF whose directory is cut short
             raise InvalidInput(f"image starts as a {claimed} but cannot be read ({len(data)} bytes): it is corrupt "
-                               "or truncated: re-encode it") from None
+                               "or truncated, or its pixels are not 8- or 16-bit integer grey, RGB or RGBA: "
+                               "re-encode it") from None
         raise InvalidInput(f"image bytes ({len(data)} bytes) are not a readable image: send PNG, JPEG, "
                            "TIFF, BMP or WebP with 8- or 16-bit integer grey, RGB or RGBA pixels") from None
     except Exception as exc:

@@ -30,7 +30,8 @@ from prelabel_server.grpc_api.server import RunningServer, start_server
 from prelabel_server.settings import ServerSettings
 
 FILE_KEYS = ("mask", "overlay", "uncertainty", "summary")
-STAMP_KEYS = ("model", "model_version", "measure")  # what made the files: a resumed job keeps only its own
+# what made the files: a resumed job keeps only its own
+STAMP_KEYS = ("model", "model_version", "measure", "uncertainty_threshold")
 
 
 def _write(path: Path, rgb: np.ndarray) -> Path:
@@ -400,3 +401,11 @@ def test_the_jobs_own_files_keep_their_names_and_hold_each_file_once(onnx_client
 
     predict_files(onnx_client, camvid_val_images[:1], out)  # a new job in the same folder, without --coco
     assert not (out / "coco.json").exists()
+
+
+def test_a_job_refused_for_good_does_not_suggest_resuming(onnx_client: PreLabelClient, camvid_val_images,
+                                                          tmp_path: Path) -> None:
+    """"run the same command with --resume to finish" was added to errors a second run meets again."""
+    with pytest.raises(PrelabelError) as raised:
+        predict_files(onnx_client, camvid_val_images[:1], tmp_path / "out", model="no-such-model")
+    assert raised.value.code.name == "NOT_FOUND" and not getattr(raised.value, "__notes__", [])

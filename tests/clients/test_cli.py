@@ -44,7 +44,7 @@ def test_a_missing_file_is_reported_as_failed_and_the_others_are_written(predict
     assert [entry["image"] for entry in manifest] == list(map(str, images))
     assert "error" in manifest[1] and "does-not-exist.png" in manifest[1]["error"]
     assert set(manifest[0]) == {"image", "mask", "overlay", "uncertainty", "summary", "model", "model_version",
-                                "measure"}
+                                "measure", "uncertainty_threshold"}
     assert (manifest[0]["model"], manifest[0]["measure"]) == ("deeplab", "entropy")
 
 
@@ -116,11 +116,11 @@ def test_predict_takes_the_uncertainty_threshold(onnx_server: RunningServer, cam
     """Without it, the summaries of mutual_information and mc_variance (values well under the
     default 0.5) always said no pixel was uncertain."""
     fractions = {}
-    for threshold in ("0.05", "0.95"):
-        out = tmp_path / threshold
+    out = tmp_path / "out"
+    for threshold in ("0.05", "0.95"):  # a resumed job keeps only what was made at its own threshold
         result = _prelabel("predict", str(camvid_val_images[0]), "--out", str(out), "--server", onnx_server.address,
-                           "--uncertainty-threshold", threshold)
-        assert result.returncode == 0, result.stderr
+                           "--uncertainty-threshold", threshold, "--resume")
+        assert result.returncode == 0 and "kept" not in result.stdout, result.stdout + result.stderr
         summary = json.loads((out / f"{camvid_val_images[0].stem}.json").read_text())["summary"]
         assert summary["uncertainty_threshold"] == pytest.approx(float(threshold))
         fractions[threshold] = summary["uncertain_fraction"]

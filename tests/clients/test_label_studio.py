@@ -17,7 +17,7 @@ from PIL import Image
 from prelabel_client import PreLabelClient
 from prelabel_client.batch import predict_files
 from prelabel_client.cli import main as prelabel_main
-from prelabel_client.label_studio import DEFAULT_IMAGE_URL, check_ready
+from prelabel_client.label_studio import DEFAULT_IMAGE_URL, LabelStudioError, check_ready
 
 
 def _brush_mask(region: dict) -> np.ndarray:
@@ -91,11 +91,26 @@ def test_a_resumed_job_writes_the_kept_images_tasks_too(onnx_client: PreLabelCli
 
 def test_an_image_url_without_its_path_is_refused_before_any_request(onnx_server, camvid_val_images, tmp_path,
                                                                       capsys) -> None:
-    with pytest.raises(ValueError, match=r"must hold \{path\}"):
-        check_ready("https://data.example/camvid/")
+    with pytest.raises(LabelStudioError, match=r"must hold \{path\}"):
+        check_ready("https://data.example/camvid/", tmp_path)
+    with pytest.raises(LabelStudioError, match=r"common folder is /, which has no name for \{root\}"):
+        check_ready(DEFAULT_IMAGE_URL, Path("/"))  # the URLs would have read ?d=/tmp/...
     with pytest.raises(SystemExit) as stopped:
         prelabel_main(["predict", str(camvid_val_images[0]), "--out", str(tmp_path / "out"), "--label-studio",
                        "--image-url", "https://data.example/", "--server", onnx_server.address])
     assert stopped.value.code == 2
     assert "must hold {path}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_name_that_is_not_utf8_keeps_its_bytes_in_the_url(onnx_client: PreLabelClient, camvid_val_images,
+                                                            tmp_path: Path) -> None:
+    """quote() raised UnicodeEncodeError after every image had been written, and no task was."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = "caf\udce9.png"  # b"caf\xe9.png" on disk, as os.fsdecode gives it
+    (folder / name).symlink_to(camvid_val_images[0])
+    report = predict_files(onnx_client, [folder / name], tmp_path / "out", label_studio=DEFAULT_IMAGE_URL)
+    assert report.written == 1
+    tasks = json.loads((tmp_path / "out" / "label_studio.json").read_text())
+    assert tasks[0]["data"]["image"] == "/data/local-files/?d=in/caf%E9.png"

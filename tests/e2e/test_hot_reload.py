@@ -128,3 +128,16 @@ def test_onnx_files_that_do_not_say_which_weights_they_came_from_are_refused(tmp
     package.weights_path.unlink()  # a package of ONNX files alone has nothing to compare them with
     _forget_weights(package.head_onnx_path)
     assert OnnxBackend(package).session is not None
+
+
+def test_mc_graphs_left_by_an_earlier_export_do_not_block_a_model_without_mc_dropout(tmp_path, repo_root,
+                                                                                   model_repository):
+    """A package without head dropout failed to load for the MC graphs an earlier export had left
+    (from other weights), and exporting it again did not remove them."""
+    package = ModelPackage.open(model_repository / "deeplab").copy_to(tmp_path / "no-dropout")
+    assert package.card.head_dropout == 0
+    for graph in ("model.trunk.onnx", "model.head.onnx"):
+        (package.folder / graph).write_bytes((repo_root / "models" / "camvid" / graph).read_bytes())
+    assert OnnxBackend(package).session is not None
+    export_onnx(package)
+    assert not package.trunk_onnx_path.exists() and not package.head_onnx_path.exists()

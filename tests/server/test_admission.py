@@ -95,13 +95,16 @@ def test_a_batch_job_refused_a_stream_waits_for_one_and_loses_no_image(one_strea
             open_stream = _open_stream(client, small_camvid_png, release)
             threading.Timer(2.0, release.set).start()  # the other job ends in 2 s
             started = time.perf_counter()
-            # an image that cannot be sent comes first: its failure, yielded before the server's
-            # refusal, was taken for admission and the job failed whole instead of waiting
-            images = [tmp_path / "missing.png", *camvid_val_images[:3]]
+            # Images that cannot be sent: their failures, yielded before the server's refusal (and
+            # the refusal's own, for the images before them), were taken for admission, and the
+            # job failed whole instead of waiting.
+            images = [tmp_path / "missing.png", camvid_val_images[0], tmp_path / "missing2.png",
+                      *camvid_val_images[1:3]]
             report = predict_files(client, images, tmp_path / "out", model="deeplab")
             assert time.perf_counter() - started >= 2.0, "the stream was admitted while the slot was taken"
-            assert (report.written, report.failed) == (3, 1) and "missing.png" in next(iter(report.failures))
-            assert len((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()) == 4
+            assert (report.written, report.failed) == (3, 2)
+            assert all("missing" in image for image in report.failures)
+            assert len((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()) == 5
             assert "server busy" in capsys.readouterr().err
             list(open_stream)
     finally:

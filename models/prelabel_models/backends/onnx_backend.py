@@ -53,7 +53,8 @@ class OnnxBackend:
         missing = set(_providers(device)) - set(ort.get_available_providers())
         if missing:
             raise DeviceUnavailable(f"device {device!r} needs {sorted(missing)}, which this onnxruntime lacks: use "
-                                    "cpu, or install onnxruntime-gpu (or serve with the torch backend)")
+                                    "cpu, or on a machine with an NVIDIA GPU install onnxruntime-gpu (or serve with "
+                                    "the torch backend)")
 
     def __init__(self, package: ModelPackage, device: str | None = None, threads: int | None = None,
                  spin_wait: bool = True, pin_mc_graphs: bool = True) -> None:
@@ -116,7 +117,8 @@ class OnnxBackend:
         graphs cut short (a copy interrupted) then fail the package's load, and a reload keeps the
         old version serving, instead of every MC request failing later. 0.4 s for the default model's."""
         paths = (self._package.trunk_onnx_path, self._package.head_onnx_path)
-        if all(path.is_file() for path in paths):
+        # A card without head dropout has no MC dropout, whatever graphs an earlier export left.
+        if self._package.card.head_dropout > 0 and all(path.is_file() for path in paths):
             graphs = self._read_split(paths)
             self._load_split(paths, graphs)
             self._split_digests = _digests(graphs)

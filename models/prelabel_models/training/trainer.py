@@ -144,8 +144,8 @@ def _initial_network(run: TrainingRun) -> SegmentationNetwork:
 def _write_package(network: nn.Module, card: ModelCard, out: Path, provenance: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_weights(network, out / card.weights)
-    stale_onnx = out / card.onnx
-    stale_onnx.unlink(missing_ok=True)  # the weights changed: `prelabel export` must run again
+    for stale_onnx in (card.onnx, card.trunk_onnx, card.head_onnx):
+        (out / stale_onnx).unlink(missing_ok=True)  # the weights changed: `prelabel export` must run again
     card.model_copy(update={"provenance": provenance}).save(out)
 
 
