@@ -86,8 +86,9 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     ``resume`` continues a job cut short in the same ``out_dir``: an image whose previous manifest
     entry says it was written, by the model version now served with the same measure and threshold,
     and whose files are all in ``out_dir`` under its output name (with ``coco`` or ``label_studio``,
-    its JSON holding its COCO part) is kept and not sent again; every other image is done (again). The previous manifest is only
-    replaced once the server has answered, and the kept entries open the new one."""
+    its JSON holding its COCO part) is kept and not sent again; every other image is done (again).
+    The previous manifest is only replaced once the server has answered, and the kept entries open
+    the new one."""
     images = [Path(image) for image in images]
     segments = coco or label_studio is not None
     if label_studio is not None and images:
