@@ -82,6 +82,10 @@ class ServerSettings(BaseSettings):
     repository_poll_seconds: float = Field(default=0.0, ge=0, le=86_400, allow_inf_nan=False, description=(
         "Poll the model repository this often and reload packages whose files changed (and load new "
         "ones) once they have stayed the same for one more poll; 0 = off (ReloadModel only)."))
+    keepalive_seconds: float = Field(default=60.0, ge=1, le=86_400, allow_inf_nan=False, description=(
+        "While a call is open, ping its client this often, and drop the connection when a ping goes this "
+        "long unanswered: a client that froze or vanished without closing (a suspended VM, a partition) "
+        "held its stream's slot and RPC thread for gRPC's default of 2 hours."))
     grace_seconds: float = Field(default=5.0, ge=0, le=86_400, allow_inf_nan=False,
                                  description="On shutdown, time given to calls in flight.")
 

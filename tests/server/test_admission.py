@@ -5,6 +5,9 @@ thread; a batch job refused a stream waits for one instead of failing."""
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -163,4 +166,45 @@ def test_health_watchers_take_stream_slots_and_leave_threads_for_calls(model_rep
     finally:
         for watch in watches:
             watch.cancel()
+        running.stop(grace=0)
+
+
+FROZEN_CLIENT = """
+import sys, time
+from prelabel_client import PreLabelClient
+
+def one_image_then_wait():
+    yield open(sys.argv[2], "rb").read()
+    time.sleep(3600)  # a batch job waiting for its next image, until it is frozen
+
+with PreLabelClient(sys.argv[1], timeout=None) as client:
+    for result in client.predict_many(one_image_then_wait()):
+        print("answered", flush=True)
+"""
+
+
+def test_a_client_that_froze_gives_its_stream_slot_back(model_repository, small_camvid_png, tmp_path) -> None:
+    """A client that stops without closing (SIGSTOP here: a suspended VM, a network partition) held
+    its stream's slot and RPC thread for gRPC's default keepalive of 2 hours, refusing later jobs."""
+    image = tmp_path / "image.png"
+    image.write_bytes(small_camvid_png)
+    running = start_server(ServerSettings(host="127.0.0.1", port=0, model_repository=model_repository,
+                                          backend="onnx", workers=2, keepalive_seconds=1))
+    before = _metric("prelabel_open_streams")
+    client = subprocess.Popen([sys.executable, "-c", FROZEN_CLIENT, running.address, str(image)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "answered"
+        assert _metric("prelabel_open_streams") == before + 1
+        client.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while _metric("prelabel_open_streams") > before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _metric("prelabel_open_streams") == before, "the frozen client still holds its slot"
+        with PreLabelClient(running.address, timeout=60) as other:  # the slot is free for the next job
+            assert len(list(other.predict_many([small_camvid_png]))) == 1
+    finally:
+        client.kill()
+        client.send_signal(signal.SIGCONT)
+        client.wait()
         running.stop(grace=0)

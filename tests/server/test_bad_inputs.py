@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -368,6 +369,25 @@ def test_an_id_already_in_flight_in_a_stream_is_refused_alone(stub, camvid_val_i
     assert refused[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "already in flight" in refused[0].error.message
     assert sum(r.HasField("response") for r in responses) == 2
+
+
+def test_an_id_may_be_reused_once_its_answer_has_arrived(stub) -> None:
+    """The id was freed only after gRPC came back for the next answer: a client that sent the next
+    request as soon as it had the answer got "already in flight" for 1-20 % of them."""
+    answered = threading.Semaphore(0)
+    tiny = pb.Image(raw=pb.RawImage(data=bytes(32 * 32 * 3), height=32, width=32, channels=3))
+
+    def lockstep():
+        for _ in range(100):
+            yield pb.PredictStreamRequest(id="same", request=pb.PredictRequest(image=tiny, outputs=[pb.OUTPUT_MASK]))
+            answered.acquire()
+
+    errors = []
+    for response in stub.PredictStream(lockstep(), timeout=300):
+        if response.HasField("error"):
+            errors.append(response.error.message)
+        answered.release()
+    assert errors == []
 
 
 def test_repeated_ids_are_refused_even_with_one_stream_worker(start_extra_server, small_camvid_png: bytes) -> None:

@@ -157,7 +157,11 @@ def start_server(settings: ServerSettings) -> RunningServer:
     interceptors.append(ErrorInterceptor())
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
               ("grpc.max_send_message_length", settings.max_message_bytes),
-              ("grpc.so_reuseport", int(settings.reuse_port))]  # gRPC's default (on) let a second server share a busy port
+              ("grpc.so_reuseport", int(settings.reuse_port)),  # gRPC's default (on) let a second server share a busy port
+              ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
+              ("grpc.keepalive_timeout_ms", int(settings.keepalive_seconds * 1000)),
+              ("grpc.http2.ping_timeout_ms", int(settings.keepalive_seconds * 1000)),
+              ("grpc.http2.max_pings_without_data", 0)]  # a stream waiting on a frozen client sends no data
     server = grpc.server(ThreadPoolExecutor(settings.workers, thread_name_prefix="rpc"),
                          interceptors=interceptors, options=limits, maximum_concurrent_rpcs=settings.admitted_rpcs)
     stream_executor = ThreadPoolExecutor(settings.stream_workers, thread_name_prefix="stream-item")

@@ -30,7 +30,7 @@ def process_stream(requests: Iterator[RequestT], handle: Callable[[RequestT], Re
     With ``item_id``, a request whose id is already in flight (read, and its answer not yet sent)
     gets ``refuse_repeat(request)`` instead: answers go out in completion order, so two with one
     id could not be told apart. Ids are claimed here, in the order the client sent them, and freed
-    once the answer has been handed to gRPC."""
+    just before the answer is handed to gRPC (an answer with a reused id then comes after it)."""
     slots = threading.BoundedSemaphore(max_in_flight)
     finished: queue.Queue = queue.Queue()
     stop = threading.Event()
@@ -76,12 +76,12 @@ def process_stream(requests: Iterator[RequestT], handle: Callable[[RequestT], Re
                 expected = item.submitted
                 continue
             key, done = item
+            if key is not None:  # freed before the answer goes out: a client may reuse an id once it has
+                with in_flight_lock:  # the answer, and this thread comes back here only for the next one
+                    in_flight.discard(key)
             slots.release()
             yielded += 1
             if not done.cancelled():  # cancelled: the server is stopping (its stream executor drops what waits)
                 yield done.result()
-            if key is not None:
-                with in_flight_lock:
-                    in_flight.discard(key)
     finally:
         stop.set()
