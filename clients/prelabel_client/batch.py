@@ -32,7 +32,7 @@ from prelabel_client.outputs import (
     write_prediction,
 )
 from prelabel_client.results import FailedPrediction, Prediction
-from prelabel_proto.errors import DeadlineExceeded, ModelUnavailable, PrelabelError, ResourceExhausted
+from prelabel_proto.errors import ModelUnavailable, PrelabelError, ResourceExhausted
 
 ResultT = TypeVar("ResultT")
 
@@ -276,11 +276,17 @@ def _append(manifest: TextIO, entry: dict[str, str]) -> None:
 
 def _resumable(exc: BaseException) -> bool:
     """Whether running the job again may finish it: it was stopped, or lost the server, not refused
-    for a reason a second run would meet again (an unknown model, an image URL it cannot write)."""
+    for a reason a second run would meet again (an unknown model, an image URL it cannot write, a
+    timeout too short for an image: its message says to raise it)."""
     if isinstance(exc, ResourceExhausted):
         return _server_busy(exc)
-    return isinstance(exc, (KeyboardInterrupt, ModelUnavailable, DeadlineExceeded)) or \
+    return isinstance(exc, (KeyboardInterrupt, ModelUnavailable)) or \
         (isinstance(exc, PrelabelError) and exc.code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED))
+
+
+def _raising(exc: BaseException) -> Iterator:
+    raise exc
+    yield  # a generator: raises when its turn comes
 
 
 def _describe(exc: BaseException) -> str:
@@ -312,9 +318,9 @@ def stream_when_admitted(open_stream: Callable[[], Iterator[ResultT]], patience_
                 first = next(results)
         except StopIteration:
             return iter(unsent)
-        except ResourceExhausted as exc:
-            if waited >= patience_s or not _server_busy(exc):
-                raise
+        except PrelabelError as exc:
+            if not isinstance(exc, ResourceExhausted) or waited >= patience_s or not _server_busy(exc):
+                return itertools.chain(unsent, _raising(exc))  # the held failures keep their own errors
             tqdm.write(f"server busy ({exc.message.split(':')[0]}); opening the stream again in {delay:.0f} s",
                        file=sys.stderr)
             time.sleep(delay)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prelabel_models import ModelCard, ModelPackage, ModelPackageError, find_packages
 from prelabel_models.backends import Backend, create_backend, resolve_backend_name
+from prelabel_models.backends.onnx_backend import check_exported_from_weights, recorded_weights_digest
 from prelabel_models.card import CARD_FILE
 from prelabel_models.predictor import Predictor
 from prelabel_proto.errors import FailedPrecondition, InvalidInput, ModelNotFound, ModelUnavailable
@@ -112,8 +113,16 @@ class ModelRegistry:
         return served
 
     def with_cpu_fallback(self, served: ServedModel, backend: Backend, package: ModelPackage) -> DeviceFallback:
-        """``backend`` (on an accelerator) with ONNX Runtime on the CPU behind it; see device_fallback."""
-        return DeviceFallback(backend, lambda: create_backend("onnx", package, device="cpu", pin_mc_graphs=False),
+        """``backend`` (on an accelerator) with ONNX Runtime on the CPU behind it; see device_fallback.
+        The fallback is made only once the device fails, from graphs that must come from the weights
+        ``backend`` loaded; graphs that do not are said at load, not first found when the GPU fails."""
+        digest = getattr(backend, "weights_digest", None)
+        try:
+            check_exported_from_weights(package, recorded_weights_digest(package.onnx_path), digest)
+        except Exception as exc:  # only said here: the fallback is made, and fails for itself, when needed
+            log.warning("model %s has no CPU fallback should its device fail: %s", served.name, exc)
+        return DeviceFallback(backend, lambda: create_backend("onnx", package, device="cpu", pin_mc_graphs=False,
+                                                              weights_digest=digest),
                               on_degraded=lambda reason: self._set_degradation(served, reason),
                               on_recovered=lambda: self._set_degradation(served, ""))
 

@@ -4,6 +4,7 @@ each case is followed by a good request on the same connection."""
 from __future__ import annotations
 
 import io
+import json
 import struct
 import threading
 import zlib
@@ -277,9 +278,16 @@ class TestLimits:
         """Only the server's stream and call limits are waited out; a CamVid PNG (276 kB) over the
         200 kB limit fails the job at once with the setting to change."""
         with PreLabelClient(limited_server.address, timeout=60) as client:
+            with pytest.raises(ResourceExhausted, match="PRELABEL_MAX_MESSAGE_BYTES") as raised:
+                predict_files(client, camvid_val_images[:2], tmp_path / "out", patience_s=600)
+            assert not getattr(raised.value, "__notes__", [])  # a second run meets the same limit: no --resume
+            # an image that cannot be sent keeps its own error (it got the stream's, "not processed")
             with pytest.raises(ResourceExhausted, match="PRELABEL_MAX_MESSAGE_BYTES"):
-                predict_files(client, camvid_val_images[:1], tmp_path / "out", patience_s=600)
+                predict_files(client, [tmp_path / "missing.png", camvid_val_images[0]], tmp_path / "out2")
         assert "server busy" not in capsys.readouterr().err
+        missing, large = [json.loads(line)["error"] for line in (tmp_path / "out2" / "manifest.jsonl").open()]
+        assert "No such file" in missing and "not processed" not in missing
+        assert large.startswith("not processed") and "PRELABEL_MAX_MESSAGE_BYTES" in large
 
     def test_the_cli_given_the_servers_limit_reports_the_large_image_alone(self, limited_server, camvid_val_images,
                                                                           small_camvid_png: bytes, tmp_path: Path,

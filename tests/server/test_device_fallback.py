@@ -37,6 +37,7 @@ class DeviceWithRoomFor:
     def __init__(self, backend, room: int) -> None:
         self.backend, self.room, self.calls, self.methods, self.map_batches = backend, room, [], [], []
         self.name, self.device = backend.name, "cuda:0"
+        self.weights_digest = backend.weights_digest  # the weights its CPU fallback's graphs must come from
         self.maps_on_device = True  # as on a GPU: the server asks it for maps, not logits
 
     def _checked(self, images: int) -> None:
@@ -246,3 +247,39 @@ def test_the_cpu_fallback_does_not_need_mc_dropouts_graphs_to_serve_plain_reques
     backend = registry.with_cpu_fallback(served, device, package)
     assert backend.run(batch[:1]).shape[:2] == (1, package.card.num_classes)
     assert "CPU" in served.degradation
+
+
+def test_the_fallback_serves_only_graphs_of_the_weights_the_device_loaded(model_repository, tmp_path, caplog,
+                                                                         small_camvid_png):
+    """The fallback, made only when the device fails, checked its graphs against the weights on disk
+    then: a fine-tuned version copied into the folder (weights and graphs, no reload yet) was served
+    by the CPU under the old version's name. And graphs that record no weights were found unusable
+    only when the device failed."""
+    import onnx
+    from safetensors.torch import load_file, save_file
+
+    from prelabel_models.export import export_onnx
+
+    ModelPackage.open(model_repository / "deeplab").copy_to(tmp_path / "repository" / "deeplab")
+    running = start_server(ServerSettings(host="127.0.0.1", port=0, model_repository=tmp_path / "repository",
+                                          backend="torch", device="cpu"))
+    try:
+        registry = running.engine.registry
+        served = registry.get("deeplab")
+        package = ModelPackage.open(served.folder)
+        device = DeviceWithRoomFor(served.predictor.backend, room=0)
+        served.predictor.backend = registry.with_cpu_fallback(served, device, package)
+        assert "no CPU fallback" not in caplog.text
+        weights = load_file(package.weights_path)
+        save_file({k: v * 1.5 if v.is_floating_point() else v for k, v in weights.items()}, package.weights_path)
+        export_onnx(package)  # the next version's files, all consistent, copied in
+        with PreLabelClient(running.address, timeout=120) as client:
+            with pytest.raises(ResourceExhausted, match="exported from other weights"):
+                client.predict(small_camvid_png, model="deeplab")
+        graph = onnx.load(str(package.onnx_path))
+        del graph.metadata_props[:]
+        onnx.save(graph, str(package.onnx_path))
+        registry.with_cpu_fallback(served, device, package)
+        assert "deeplab has no CPU fallback should its device fail" in caplog.text
+    finally:
+        running.stop(grace=0)

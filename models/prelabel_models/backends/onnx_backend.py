@@ -31,16 +31,26 @@ def _recorded_digest(session: ort.InferenceSession) -> str:
     return session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY, "")
 
 
-def _check_exported_from_weights(package: ModelPackage, recorded: str) -> None:
-    """Refuses ONNX files made from other weights than the package's (a package without a weights
-    file is served from its ONNX file alone)."""
-    if not package.weights_path.is_file():
+def recorded_weights_digest(graph: Path) -> str:
+    """The weights digest an exported graph records, read without building a session (with the
+    onnx package, which a server with the torch backend has)."""
+    import onnx
+
+    properties = onnx.load(str(graph), load_external_data=False).metadata_props
+    return next((prop.value for prop in properties if prop.key == WEIGHTS_DIGEST_KEY), "")
+
+
+def check_exported_from_weights(package: ModelPackage, recorded: str, expected: str | None = None) -> None:
+    """Refuses ONNX files made from other weights than ``expected`` (a digest: the weights another
+    backend serves this version from), by default the package's weights file as it is now (a
+    package without one is served from its ONNX file alone)."""
+    if expected is None and not package.weights_path.is_file():
         return
     export = f"run `prelabel export {package.folder}` to export them"
     if not recorded:
         raise ModelPackageError(f"{package.onnx_path.name} does not record which weights it was exported from (an "
                                 f"earlier prelabel, or another tool, wrote it), so it may not be {package.weights_path.name}'s: {export}")
-    if recorded != package.weights_digest():
+    if recorded != (expected or package.weights_digest()):
         raise ModelPackageError(f"{package.onnx_path.name} was exported from other weights than {package.weights_path.name} "
                                 f"(replaced since, e.g. by a fine-tuned package copied in): {export}")
 
@@ -57,10 +67,13 @@ class OnnxBackend:
                                     "the torch backend)")
 
     def __init__(self, package: ModelPackage, device: str | None = None, threads: int | None = None,
-                 spin_wait: bool = True, pin_mc_graphs: bool = True) -> None:
+                 spin_wait: bool = True, pin_mc_graphs: bool = True, weights_digest: str | None = None) -> None:
         """``pin_mc_graphs``: check MC dropout's graphs now and serve only these (a package being
         rewritten then fails to load); off, they are read on first use, whatever is on disk then
-        (a GPU model's CPU fallback, made only once the GPU fails, must not fail for them)."""
+        (a GPU model's CPU fallback, made only once the GPU fails, must not fail for them).
+        ``weights_digest``: the weights the graphs must come from (a GPU model's, for its CPU
+        fallback, made later: the folder may hold the next version's files by then); by default
+        the package's weights file."""
         if not package.onnx_path.is_file():
             raise ModelPackageError(
                 f"ONNX file {package.onnx_path} is missing: run `prelabel export {package.folder}` to write it")
@@ -80,7 +93,7 @@ class OnnxBackend:
         self._package = package
         self.session = ort.InferenceSession(str(package.onnx_path), self._options, providers=providers)
         self._weights_digest = _recorded_digest(self.session)
-        _check_exported_from_weights(package, self._weights_digest)
+        check_exported_from_weights(package, self._weights_digest, weights_digest)
         self.device = device
         self._split_sessions: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
         self._split_digests: tuple[str, ...] | None = None  # of the graphs as they were at load

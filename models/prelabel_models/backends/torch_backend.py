@@ -27,6 +27,7 @@ class TorchBackend:
             torch.set_num_threads(threads)
         self.device = str(torch.device(device))
         self.fp16 = fp16 and self.device.startswith("cuda")
+        self.weights_digest = package.weights_digest()  # what its CPU fallback's graphs must come from
         network = load_network(package.card, package.weights_path)
         self.network = network.to(self.device, memory_format=torch.channels_last)
         self._forward = GraphedForward(self._eager_forward, self.device) if cuda_graphs and self.on_gpu else self._eager_forward
