@@ -111,8 +111,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     with _connect(args) as client:
         report = predict_files(client, args.images, args.out, model=args.model, measure=args.measure,
-                               uncertainty_threshold=args.uncertainty_threshold, coco=args.coco, label_studio=args.image_url if args.label_studio else None,
-                               resume=args.resume)
+                               uncertainty_threshold=args.uncertainty_threshold, coco=args.coco,
+                               label_studio=args.image_url if args.label_studio else None, resume=args.resume)
     print(report.describe())
     return 0 if report.failed == 0 else 1
 
@@ -365,10 +365,12 @@ def _usage_error_types() -> tuple[type[Exception], ...]:
     """The errors that mean "fix your input", from the modules this install has: a client-only
     install lacks pydantic, which the package and config modules need."""
     found: list[type[Exception]] = [OSError]
-    for module, name in (("prelabel_models.evaluation.cli", "UsageError"), ("prelabel_models.image_files", "DatasetError"),
+    for module, name in (("prelabel_models.evaluation.cli", "UsageError"),
+                         ("prelabel_models.image_files", "DatasetError"),
                          ("prelabel_models.package", "ModelPackageError"),
                          ("prelabel_models.backends", "DeviceUnavailable"),
-                         ("prelabel_client.label_studio", "LabelStudioError"), ("prelabel_models.training.config", "ConfigError")):
+                         ("prelabel_client.label_studio", "LabelStudioError"),
+                         ("prelabel_models.training.config", "ConfigError")):
         try:
             found.append(getattr(importlib.import_module(module), name))
         except ImportError:

@@ -49,9 +49,11 @@ def check_exported_from_weights(package: ModelPackage, recorded: str, expected: 
     export = f"run `prelabel export {package.folder}` to export them"
     if not recorded:
         raise ModelPackageError(f"{package.onnx_path.name} does not record which weights it was exported from (an "
-                                f"earlier prelabel, or another tool, wrote it), so it may not be {package.weights_path.name}'s: {export}")
+                                "earlier prelabel, or another tool, wrote it), so it may not be "
+                                f"{package.weights_path.name}'s: {export}")
     if recorded != (expected or package.weights_digest()):
-        raise ModelPackageError(f"{package.onnx_path.name} was exported from other weights than {package.weights_path.name} "
+        raise ModelPackageError(f"{package.onnx_path.name} was exported from other weights than "
+                                f"{package.weights_path.name} "
                                 f"(replaced since, e.g. by a fine-tuned package copied in): {export}")
 
 
