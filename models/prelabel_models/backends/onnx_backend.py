@@ -51,7 +51,11 @@ def check_exported_from_weights(package: ModelPackage, recorded: str, expected: 
         raise ModelPackageError(f"{package.onnx_path.name} does not record which weights it was exported from (an "
                                 "earlier prelabel, or another tool, wrote it), so it may not be "
                                 f"{package.weights_path.name}'s: {export}")
-    if recorded != (expected or package.weights_digest()):
+    if expected is not None and recorded != expected:
+        raise ModelPackageError(f"{package.onnx_path.name} was exported from other weights than this version was "
+                                "loaded from (the folder holds another version's files now): reload the model "
+                                "(`prelabel reload`) to serve them, or export this version's again")
+    if expected is None and recorded != package.weights_digest():
         raise ModelPackageError(f"{package.onnx_path.name} was exported from other weights than "
                                 f"{package.weights_path.name} "
                                 f"(replaced since, e.g. by a fine-tuned package copied in): {export}")
