@@ -52,7 +52,8 @@ class BatchReport:
 
     def describe(self) -> str:
         kept = f" ({self.kept} of them kept from the previous run)" if self.kept else ""
-        lines = [f"{self.written + self.kept} images pre-annotated{kept}; results in {self.out_dir.resolve()}"]
+        done = self.written + self.kept
+        lines = [f"{done} image{'' if done == 1 else 's'} pre-annotated{kept}; results in {self.out_dir.resolve()}"]
         if self.coco_file is not None:
             lines.append(f"COCO file (per-class masks as RLE): {self.coco_file.resolve()}")
         if self.label_studio_files is not None:

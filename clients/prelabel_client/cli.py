@@ -179,7 +179,8 @@ def _pool_images(pool: Path) -> list[Path]:
 def _reload(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         info, previous = client.reload_model(args.name)
-    print(f"{info.name}: version {previous or '-'} -> {info.version} ({info.state} on {info.backend}, {info.device})")
+    change = f"version {previous} -> {info.version}" if previous else f"loaded version {info.version}"
+    print(f"{info.name}: {change} ({info.state} on {info.backend}, {info.device})")
     return 0
 
 

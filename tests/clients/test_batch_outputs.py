@@ -275,7 +275,7 @@ def test_a_name_that_is_not_utf8_is_printed_escaped(onnx_server: RunningServer, 
                          capture_output=True, text=True, errors="replace", timeout=300,
                          env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
-    assert "1 images pre-annotated" in run.stdout and "FAILED" in run.stdout and "caf\\udce9.png" in run.stdout
+    assert "1 image pre-annotated" in run.stdout and "FAILED" in run.stdout and "caf\\udce9.png" in run.stdout
 
 
 def test_a_coco_job_writes_every_written_image_s_classes_as_rle(onnx_client: PreLabelClient, camvid_val_images,

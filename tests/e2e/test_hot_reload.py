@@ -141,3 +141,17 @@ def test_mc_graphs_left_by_an_earlier_export_do_not_block_a_model_without_mc_dro
     assert OnnxBackend(package).session is not None
     export_onnx(package)
     assert not package.trunk_onnx_path.exists() and not package.head_onnx_path.exists()
+
+
+def test_new_files_under_the_same_version_are_served_with_a_warning(reload_server, caplog):
+    """Weights copied in and exported in the served folder kept its card, and so version 1: the
+    reload said "1 -> 1", and `predict --resume` kept the old model's results as the new one's."""
+    running, folder = reload_server
+    weights = load_file(folder / "model.safetensors")
+    save_file({name: tensor * 1.5 if tensor.is_floating_point() else tensor for name, tensor in weights.items()},
+              folder / "model.safetensors")
+    export_onnx(ModelPackage.open(folder))
+    with PreLabelClient(running.address) as client:
+        info, previous = client.reload_model(MODEL)
+    assert (previous, info.version) == ("1", "1")
+    assert f"model {MODEL} serves changed files under the same version '1'" in caplog.text

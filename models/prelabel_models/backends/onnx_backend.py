@@ -57,8 +57,9 @@ def check_exported_from_weights(package: ModelPackage, recorded: str, expected: 
                                 "(`prelabel reload`) to serve them, or export this version's again")
     if expected is None and recorded != package.weights_digest():
         raise ModelPackageError(f"{package.onnx_path.name} was exported from other weights than "
-                                f"{package.weights_path.name} "
-                                f"(replaced since, e.g. by a fine-tuned package copied in): {export}")
+                                f"{package.weights_path.name} (replaced since, e.g. by a fine-tuned package copied "
+                                f"in): {export}; for a fine-tuned package, export it before copying it in whole, "
+                                "since its card carries its new version")
 
 
 class OnnxBackend:
