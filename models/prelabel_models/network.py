@@ -146,3 +146,4 @@ def save_weights(network: nn.Module, path: Path, half: bool = True) -> None:
             value = value.half()
         state[key] = value
     save_file(state, str(path))
+    path.chmod(0o644)  # safetensors writes 0600: a server running as another user could not read the package

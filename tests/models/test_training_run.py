@@ -67,6 +67,7 @@ def first_run(tiny_camvid: Path, repo_root: Path, tmp_path_factory: pytest.TempP
 
 def test_package_loads_and_runs_on_the_torch_backend(first_run: TinyRun, tiny_camvid: Path) -> None:
     package = ModelPackage.open(first_run.out)
+    assert package.weights_path.stat().st_mode & 0o777 == 0o644  # safetensors wrote 0600: unreadable to a server user
     predictor = Predictor(package.card, create_backend("torch", package, device="cpu"))
     image = read_rgb(sorted((tiny_camvid / "val").iterdir())[0])
     logits = predictor.logits(image)
