@@ -184,6 +184,12 @@ def test_a_fine_tuned_package_gets_the_next_version(first_run: TinyRun, tmp_path
     tuned = TinyRun(first_run.config, first_run.data, tmp_path / "tuned", tmp_path / "run")
     assert main(tuned.args("--init", str(first_run.out), "--epochs", "1")) == 0
     assert ModelPackage.open(tuned.out).card.version == "2"
+    # the base's own score is shown and kept, so that a fine-tune that made things worse says so
+    base = ModelPackage.open(tuned.out).card.provenance["init_val_miou"]
+    error = capsys.readouterr().err
+    assert f"base {first_run.out}: val mIoU {base:.4f}" in error
+    best = ModelPackage.open(tuned.out).card.provenance["val"]["val_miou"]
+    assert ("scores below its base" in error) == (best < base)
     named = TinyRun(first_run.config, first_run.data, tmp_path / "named", tmp_path / "run-named")
     assert main(named.args("--init", str(tuned.out), "--epochs", "1", "--version", "2024-06-rc1")) == 0
     assert ModelPackage.open(named.out).card.version == "2024-06-rc1"
