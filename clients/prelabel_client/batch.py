@@ -35,6 +35,8 @@ from prelabel_client.results import FailedPrediction, Prediction
 from prelabel_proto.errors import ModelUnavailable, PrelabelError, ResourceExhausted
 
 ResultT = TypeVar("ResultT")
+# How the manifest marks an image the job never got an answer for (a second run may finish it).
+NOT_PROCESSED = "not processed: "
 
 
 @dataclass
@@ -146,12 +148,12 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
         if collected is not None:
             _write_exports(collected, out_dir, report, coco, label_studio)
     except BaseException as exc:
-        error = f"not processed: {_describe(exc)}"
+        error = NOT_PROCESSED + _describe(exc)
         try:
             if manifest is not None:  # a resumed job that never reached the server keeps its manifest
                 for image, _ in todo[done:]:
                     _append(manifest, {"image": str(image), "error": error})
-                unanswered = sum(error.startswith("not processed") for error in report.failures.values())
+                unanswered = sum(failure.startswith(NOT_PROCESSED) for failure in report.failures.values())
                 if _resumable(exc):
                     exc.add_note(f"stopped with {unanswered + len(todo) - done} of {len(images)} images not processed "
                                  f"({report.written + report.kept} written, {report.failed - unanswered} failed; "
@@ -189,7 +191,7 @@ def _previous_entries(out_dir: Path) -> dict[tuple[str, str], dict]:
     for line in lines:
         with contextlib.suppress(ValueError):
             entry = json.loads(line)
-            if isinstance(entry, dict) and isinstance(entry.get("image"), str) and isinstance(entry.get("summary"), str):
+            if isinstance(entry, dict) and all(isinstance(entry.get(key), str) for key in ("image", "summary")):
                 entries[(entry["image"], Path(entry["summary"]).stem)] = entry
     return entries
 
@@ -197,8 +199,8 @@ def _previous_entries(out_dir: Path) -> dict[tuple[str, str], dict]:
 def _kept_entry(entry: dict | None, out_dir: Path, name: str, wanted: dict[str, str],
                 segments: bool) -> tuple[dict, dict | None] | None:
     """A previous entry that stands, with its files' paths as they are now (``out_dir`` may be
-    named otherwise than last time), and with ``segments`` its COCO part: written by the model version
-    and measure wanted, every file it lists there and not empty, and the COCO part whole."""
+    named otherwise than last time), and with ``segments`` its COCO part: stamped with the model,
+    version and options ``wanted``, every file it lists there and not empty, and the COCO part whole."""
     if entry is None or "error" in entry or any(entry.get(key) != value for key, value in wanted.items()):
         return None
     files = {key: out_dir / f"{name}{suffix}" for key, suffix in zip(OUTPUT_KEYS, OUTPUT_SUFFIXES) if key in entry}
@@ -228,7 +230,7 @@ def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_
     job's ``options``, measure and threshold, that made them), or its error (the server's, or a
     file that could not be written)."""
     if isinstance(result, FailedPrediction):
-        prefix = "" if result.answered else "not processed: "
+        prefix = "" if result.answered else NOT_PROCESSED
         return {"image": str(image), "error": prefix + result.error.describe()}
     try:
         files = write_prediction(result, image, out_dir, palette, name=name,

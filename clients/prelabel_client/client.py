@@ -365,7 +365,8 @@ class PreLabelClient:
         return message
 
     @staticmethod
-    def _failure(error: PrelabelError, raise_on_error: bool, answered: bool = True, sent: bool = True) -> FailedPrediction:
+    def _failure(error: PrelabelError, raise_on_error: bool, answered: bool = True,
+                 sent: bool = True) -> FailedPrediction:
         if raise_on_error:
             raise error
         return FailedPrediction(error, answered=answered, sent=sent)

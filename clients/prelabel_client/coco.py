@@ -39,7 +39,8 @@ class CocoFile:
         these relative names."""
         self.image_root = image_root(images)
         self._info = {"description": f"prelabel pre-annotations ({model}); file_name is relative to {self.image_root}",
-                      "model": model, "image_root": str(self.image_root), "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "version": "1.0"}
+                      "model": model, "image_root": str(self.image_root), "version": "1.0",
+                      "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self._categories = [{"id": class_id + CATEGORY_ID_OFFSET, "name": name, "supercategory": "",
                              "color": list(color)} for class_id, name, color in classes]
         self._images: list[dict] = []

@@ -38,7 +38,8 @@ def check_ready(image_url: str, root: Path) -> None:
     check_image_url(image_url)
     if "{root}" in image_url and root.parent == root:
         raise LabelStudioError(f"the images' common folder is {root}, which has no name for {{root}} in the image "
-                               f"URL {image_url!r}: give the images from one folder, or an --image-url without {{root}}")
+                               f"URL {image_url!r}: give the images from one folder, or an --image-url without "
+                               "{root}")
     import label_studio_converter.brush  # noqa: F401
 
 

@@ -89,7 +89,8 @@ def output_names(images: list[Path], out_dir: Path) -> list[str]:
     become ``img-…`` and ``img-…`` with different digits). Should a name still clash with another
     one, or should one of its files (``<name>_mask.png``, ``<name>_overlay.png``,
     ``<name>_uncertainty.png``, ``<name>.json``) be one of the job's input files or one of its own
-    (JOB_FILES), the input's position is appended (``-2``, ``-3``...): an input file is never written over."""
+    (JOB_FILES), the input's position is appended (``-2``, ``-3``...): an input file is never
+    written over."""
     inputs = {file_id for file_id in map(_file_id, images) if file_id is not None}
     stems = [Path(image).stem for image in images]
     counts = Counter(stem.casefold() for stem in stems)

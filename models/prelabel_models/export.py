@@ -7,6 +7,7 @@ Parity tolerance (documented in README): the largest absolute logit difference m
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,12 +61,13 @@ def _export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: li
     import onnx
 
     dynamic = {name: SPATIAL_AXES for name in [*names, OUTPUT_NAME]} | (extra_outputs or {}) | (axes or {})
+    exported = io.BytesIO()  # stamped in memory, then written once
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, inputs, str(path), input_names=names,
+        torch.onnx.export(module, inputs, exported, input_names=names,
                           output_names=[OUTPUT_NAME, *(extra_outputs or {})],
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False)
-    graph = onnx.load(str(path))
+    graph = onnx.load_from_string(exported.getvalue())
     onnx.helper.set_model_props(graph, {WEIGHTS_DIGEST_KEY: weights_digest})
     onnx.save(graph, str(path))
 

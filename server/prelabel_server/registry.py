@@ -83,7 +83,8 @@ class ModelRegistry:
             served.batcher.stop()
         # A card that cannot be read claims no name: it is listed by its folder's, and its own error
         # (the card's) is what to fix, not a duplicate name.
-        error = served.error if served.card is None else f"duplicate model name {served.name!r} (also in {first.folder})"
+        error = (served.error if served.card is None
+                 else f"duplicate model name {served.name!r} (also in {first.folder})")
         return ServedModel(f"{served.name}@{served.folder.name}", served.folder, "failed", served.card,
                            error=error, fingerprint=served.fingerprint)
 

@@ -99,8 +99,8 @@ class OnnxBackend:
         self._providers = providers
         self._package = package
         self.session = ort.InferenceSession(str(package.onnx_path), self._options, providers=providers)
-        self._weights_digest = _recorded_digest(self.session)
-        check_exported_from_weights(package, self._weights_digest, weights_digest)
+        self._made_from = _recorded_digest(self.session)  # the weights digest the graph records
+        check_exported_from_weights(package, self._made_from, weights_digest)
         self.device = device
         self._split_sessions: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
         self._split_digests: tuple[str, ...] | None = None  # of the graphs as they were at load
@@ -180,7 +180,7 @@ class OnnxBackend:
             reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             raise ModelPackageError(f"MC dropout's graphs {[p.name for p in paths]} in {self._package.folder} cannot "
                                     f"be loaded ({reason}): run `prelabel export {self._package.folder}` again") from exc
-        if any(_recorded_digest(graph) != self._weights_digest for graph in (trunk, head)):
+        if any(_recorded_digest(graph) != self._made_from for graph in (trunk, head)):
             raise ModelPackageError(f"MC dropout's graphs {[p.name for p in paths]} in {self._package.folder} were "
                                     f"exported from other weights than {self._package.onnx_path.name}: run "
                                     f"`prelabel export {self._package.folder}` again")

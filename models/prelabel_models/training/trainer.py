@@ -202,11 +202,11 @@ def train(run: TrainingRun) -> dict:
                                f"epochs; raise --epochs to train on")
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}", file=sys.stderr)
 
-    if run.init is not None and recipe.select_on_val and "base_val_miou" not in state:
+    if run.init is not None and recipe.select_on_val and "init_val_miou" not in state:
         # The base's own score, so that a fine-tune that made the model worse says so (once, and
         # kept in the checkpoint for a resumed run).
-        state["base_val_miou"] = validate(network, val_set, card, device, recipe.val_batch_size)["miou"]
-        print(f"base {run.init}: val mIoU {state['base_val_miou']:.4f}", file=sys.stderr, flush=True)
+        state["init_val_miou"] = validate(network, val_set, card, device, recipe.val_batch_size)["miou"]
+        print(f"base {run.init}: val mIoU {state['init_val_miou']:.4f}", file=sys.stderr, flush=True)
     command = "prelabel " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("prelabel") else shlex.join(sys.argv)
     for epoch in range(state["epoch"] + 1, recipe.epochs + 1):
         started = time.perf_counter()
@@ -239,7 +239,7 @@ def train(run: TrainingRun) -> dict:
             provenance = {"command": command, "hardware": _hardware(device), "recipe": recipe.model_dump(mode="json"),
                           "best_epoch": epoch, "epochs_run": epoch, "training_seconds": round(state["seconds"], 1),
                           "train_images": len(train_set), "val_images": len(val_set), "val": state["best"],
-                          "init": str(run.init) if run.init else None, "init_val_miou": state.get("base_val_miou")}
+                          "init": str(run.init) if run.init else None, "init_val_miou": state.get("init_val_miou")}
             _write_package(network, card, run.out, provenance)
         # Checkpoint before the log line: a crash in between loses a line, never duplicates one.
         _save_checkpoint(checkpoint_path, network, optimizer, scheduler, state)
@@ -253,7 +253,7 @@ def train(run: TrainingRun) -> dict:
 
 
 def _warn_if_worse_than_base(state: dict) -> None:
-    base, best = state.get("base_val_miou"), state["best"]
+    base, best = state.get("init_val_miou"), state["best"]
     if base is not None and best is not None and best["val_miou"] < base:
         print(f"warning: the fine-tuned package scores below its base on val (mIoU {best['val_miou']:.4f} against "
               f"{base:.4f}): keep serving the base, or fine-tune longer or at a lower learning rate", file=sys.stderr)

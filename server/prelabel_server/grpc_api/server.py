@@ -157,7 +157,8 @@ def start_server(settings: ServerSettings) -> RunningServer:
     interceptors.append(ErrorInterceptor())
     limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
               ("grpc.max_send_message_length", settings.max_message_bytes),
-              ("grpc.so_reuseport", int(settings.reuse_port)),  # gRPC's default (on) let a second server share a busy port
+              # gRPC's default (on) let a second server share a busy port
+              ("grpc.so_reuseport", int(settings.reuse_port)),
               ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
               ("grpc.keepalive_timeout_ms", int(settings.keepalive_seconds * 1000)),
               ("grpc.http2.ping_timeout_ms", int(settings.keepalive_seconds * 1000)),
