@@ -31,9 +31,16 @@ class ProcessStats:
 
     def peak_rss_mb(self) -> float:
         """Sum of each process's peak resident memory."""
+        return self._status_mb("VmHWM:")
+
+    def rss_mb(self) -> float:
+        """Sum of each process's resident memory now: what a server keeps after a request."""
+        return self._status_mb("VmRSS:")
+
+    def _status_mb(self, field: str) -> float:
         total = 0.0
         for pid in self.pids:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     total += int(line.split()[1]) / 1024
         return total

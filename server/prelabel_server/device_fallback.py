@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from prelabel_models.backends import Backend, stack_inputs
+from prelabel_models.backends import Backend, release_idle_memory, stack_inputs
 from prelabel_models.package import ModelPackageError
 from prelabel_models.postprocessing import MapRequest, SegmentationMaps
 from prelabel_proto.errors import ResourceExhausted
@@ -74,6 +74,11 @@ class DeviceFallback:
     @property
     def maps_on_device(self) -> bool:
         return getattr(self.primary, "maps_on_device", False)
+
+    def release_idle_memory(self) -> None:
+        for backend in (self.primary, self._fallback):
+            if backend is not None:
+                release_idle_memory(backend)
 
     def stack_inputs(self, inputs: list[np.ndarray]) -> np.ndarray:
         return stack_inputs(self.primary, inputs)

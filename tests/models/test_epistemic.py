@@ -10,10 +10,10 @@ import pytest
 
 from prelabel_models import ModelPackage
 from prelabel_models.backends import create_backend
-from prelabel_models.epistemic import MC_MEASURES, dropout_masks, measure_map, sample_statistics
+from prelabel_models.epistemic import MC_MEASURES, dropout_mask_batches, dropout_masks, measure_map, sample_statistics
 from prelabel_models.image_files import list_images, read_rgb
 from prelabel_models.postprocessing import maps_from_statistics, segment_maps
-from prelabel_models.predictor import Predictor
+from prelabel_models.predictor import MC_HEAD_BATCH, Predictor
 from service_packages import build_package, camvid_card
 
 
@@ -23,6 +23,21 @@ def test_dropout_masks_are_inverted_and_seeded():
     assert abs((masks == 0).mean() - 0.25) < 0.03
     assert np.array_equal(masks, dropout_masks(4, (8, 16, 16), rate=0.25, seed=3))
     assert not np.array_equal(masks, dropout_masks(4, (8, 16, 16), rate=0.25, seed=4))
+
+
+@pytest.mark.parametrize("samples", [1, 7, 8, 9, 64])
+def test_dropout_masks_do_not_depend_on_the_batch_they_are_drawn_in(samples):
+    """The head runs MC_HEAD_BATCH samples at a time; sample i must be the same mask however
+    many samples are asked for and however they are batched (an odd feature size included)."""
+    shape = (3, 5, 7)
+    whole = dropout_masks(samples, shape, rate=0.25, seed=3)
+    for batch in (4, 8, 12):
+        batches = list(dropout_mask_batches(samples, shape, rate=0.25, seed=3, batch=batch))
+        assert [len(b) for b in batches[:-1]] == [batch] * (len(batches) - 1)
+        assert np.array_equal(np.concatenate(batches), whole)
+    assert np.array_equal(dropout_masks(64, shape, rate=0.25, seed=3)[:samples], whole)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        next(dropout_mask_batches(samples, shape, rate=0.25, seed=3, batch=3))
 
 
 def test_sample_statistics_on_hand_checked_cases():
@@ -68,6 +83,22 @@ def test_mc_dropout_agrees_across_backends_for_fixed_masks(dropout_package, imag
     torch_stats, onnx_stats = (predictor.mc_dropout_statistics(image, 6, seed=7) for predictor in predictors.values())
     assert torch_stats.mutual_information.shape == image.shape[:2]
     assert np.abs(torch_stats.mutual_information - onnx_stats.mutual_information).max() < 1e-3
+
+
+def test_mc_dropout_runs_the_head_in_batches_and_then_gives_back_its_memory(dropout_package, image):
+    backend = create_backend("onnx", dropout_package)
+    predictor = Predictor(dropout_package.card, backend)
+    samples = 2 * MC_HEAD_BATCH + 3
+    batched = predictor.mc_dropout_logits(image, samples, seed=7)  # ends with release_idle_memory
+    features = backend.features(predictor.model_input(image)[None])
+    masks = dropout_masks(samples, features.shape[1:], dropout_package.card.head_dropout, seed=7)
+    assert np.allclose(batched, backend.head(features, masks), atol=1e-5)
+    assert np.allclose(predictor.mc_dropout_logits(image, 3, seed=7), batched[:3], atol=1e-5)
+    # The arenas shrunk, each session still answers as before.
+    single = predictor.logits(image)
+    backend.release_idle_memory()
+    assert np.array_equal(predictor.logits(image), single)
+    assert np.array_equal(backend.features(predictor.model_input(image)[None]), features)
 
 
 def test_mc_dropout_statistics_are_cropped_to_an_unaligned_image(dropout_package, image):

@@ -26,7 +26,8 @@ class Backend(Protocol):
     A backend on an accelerator may also turn the logits into maps there: it then has
     ``maps_on_device = True`` and ``run_maps(batch, temperature, requests) -> list[SegmentationMaps]``
     (see device_maps). Without them, the caller derives the maps from ``run``'s logits on the host.
-    It may also stack batches itself (``stack_inputs``, see the function of that name).
+    It may also stack batches itself (``stack_inputs``, see the function of that name), and give
+    back memory it keeps after an unusually large run (``release_idle_memory``, same name).
     """
 
     name: str
@@ -49,6 +50,15 @@ def stack_inputs(backend: Backend, inputs: list[np.ndarray]) -> np.ndarray:
     ``stack_inputs`` of its own (page-locked on a GPU), else in a plain numpy array."""
     own = getattr(backend, "stack_inputs", None)
     return own(inputs) if own is not None else np.stack(inputs)
+
+
+def release_idle_memory(backend: Backend) -> None:
+    """Lets a backend that keeps its largest run's memory for the next (ONNX Runtime's arena) give
+    it back; called after the runs a tiled image or many MC-dropout samples take, which need far
+    more than the batches a server runs all day. A no-op for backends without such a cache."""
+    release = getattr(backend, "release_idle_memory", None)
+    if release is not None:
+        release()
 
 
 def gpu_visible() -> bool:
