@@ -107,20 +107,21 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
         names = output_names(images, out_dir)
         todo = list(zip(images, names))
         served = client.model(model)
-        collected = CocoFile(served.classes, images, f"{served.name} v{served.version}") if segments else None
+        collected = CocoFile(served.classes, images, f"{served.name} v{served.version}",
+                             spool_dir=out_dir) if segments else None
         options = {"measure": measure, "uncertainty_threshold": uncertainty_threshold}  # None: the server's
         wanted = {"model": served.name, "model_version": served.version, **options}
         kept = {}
         for image, name in todo:
             found = _kept_entry(previous.get((str(image), name)), out_dir, name, wanted, segments)
             if found is not None:
-                kept[(str(image), name)] = found
+                kept[(str(image), name)], coco_part = found
+                if collected is not None:  # spooled now: a million kept images' parts would not fit in memory
+                    collected.add(image, coco_part)
         if manifest is None:
             manifest = _open_manifest(out_dir)
-        for (image, name), (entry, coco_part) in kept.items():
+        for entry in kept.values():
             _append(manifest, entry)
-            if collected is not None:
-                collected.add(Path(image), coco_part)
         report.kept = len(kept)
         todo = [(image, name) for image, name in todo if (str(image), name) not in kept]
         outputs = ("mask", "uncertainty", "class_segments") if segments else ("mask", "uncertainty")
@@ -177,7 +178,7 @@ def _write_exports(collected: CocoFile, out_dir: Path, report: BatchReport, coco
         report.coco_file = out_dir / COCO_FILE
         collected.write(report.coco_file)
     if label_studio is not None:
-        report.label_studio_files = write_label_studio(collected.document(), out_dir, label_studio)
+        report.label_studio_files = write_label_studio(collected, out_dir, label_studio)
 
 
 def _previous_entries(out_dir: Path) -> dict[tuple[str, str], dict]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,25 +29,27 @@ def image_entry(prediction: Prediction) -> dict:
 
 
 class CocoFile:
-    """Collects the segments of each image as its result arrives, and writes the file at the end:
-    the segments are small beside the masks (a few kB per image), so a job of tens of thousands of
-    images holds them in memory."""
+    """Collects the segments of each image as its result arrives, and writes the file at the end.
+    Each image's part goes to a spool file on disk as it comes, not into memory: a CamVid frame's
+    takes 18 kB as Python objects (measured), so a job of a million images would have held 18 GB.
+    Only the file names stay in memory, to list each image once."""
 
     def __init__(self, classes: list[tuple[int, str, tuple[int, int, int]]], images: list[Path],
-                 model: str = "") -> None:
+                 model: str = "", spool_dir: Path | None = None) -> None:
         """``images`` are the job's inputs: each image's ``file_name`` is its path relative to their
         common folder (the image root), as importers expect. An absolute path was refused by
         datumaro ("escapes base directory"), and CVAT matches annotations to a task's frames by
-        these relative names."""
+        these relative names. The spool is an unnamed file in ``spool_dir`` (default: the system's
+        temporary folder), gone when this object is."""
         self.image_root = image_root(images)
-        self._info = {"description": f"prelabel pre-annotations ({model}); file_name is relative to {self.image_root}",
-                      "model": model, "image_root": str(self.image_root), "version": "1.0",
-                      "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        self._categories = [{"id": class_id + CATEGORY_ID_OFFSET, "name": name, "supercategory": "",
-                             "color": list(color)} for class_id, name, color in classes]
-        self._images: list[dict] = []
-        self._annotations: list[dict] = []
+        self.info = {"description": f"prelabel pre-annotations ({model}); file_name is relative to {self.image_root}",
+                     "model": model, "image_root": str(self.image_root), "version": "1.0",
+                     "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.categories = [{"id": class_id + CATEGORY_ID_OFFSET, "name": name, "supercategory": "",
+                            "color": list(color)} for class_id, name, color in classes]
+        self._spool = tempfile.TemporaryFile(dir=spool_dir)
         self._file_names: set[str] = set()
+        self._annotations = 0
 
     def add(self, image: Path, entry: dict) -> None:
         """Adds ``image`` (one of the job's) with its ``image_entry``; the ids are this file's. A
@@ -55,20 +59,42 @@ class CocoFile:
         if file_name in self._file_names:
             return
         self._file_names.add(file_name)
-        image_id = len(self._images) + 1
-        self._images.append({"id": image_id, "file_name": file_name, "height": entry["height"],
-                             "width": entry["width"]})
-        for annotation in entry["annotations"]:
-            self._annotations.append({**annotation, "id": len(self._annotations) + 1, "image_id": image_id})
+        image_id = len(self._file_names)
+        record = {"id": image_id, "file_name": file_name, "height": entry["height"], "width": entry["width"]}
+        annotations = [{**annotation, "id": self._annotations + number, "image_id": image_id}
+                       for number, annotation in enumerate(entry["annotations"], start=1)]
+        self._annotations += len(annotations)
+        self._spool.seek(0, os.SEEK_END)
+        self._spool.write(json.dumps([record, annotations]).encode() + b"\n")
 
-    def document(self) -> dict:
-        """The COCO instances document of the images added so far."""
-        return {"info": self._info, "licenses": [], "images": self._images, "annotations": self._annotations,
-                "categories": self._categories}
+    def images(self) -> Iterator[tuple[dict, list[dict]]]:
+        """Each image added so far, in order: its COCO ``images`` record and its annotations."""
+        self._spool.flush()
+        self._spool.seek(0)
+        for line in self._spool:
+            record, annotations = json.loads(line)
+            yield record, annotations
 
     def write(self, path: Path) -> None:
-        """Writes the file whole or not at all (OutputWriteError if it cannot be written)."""
-        write_whole(path, json.dumps(self.document()).encode())
+        """Writes the COCO instances file of the images added so far, whole or not at all
+        (OutputWriteError if it cannot be written), a piece at a time."""
+        write_whole(path, self._document_pieces())
+
+    def _document_pieces(self) -> Iterator[bytes]:
+        yield b'{"info": ' + json.dumps(self.info).encode() + b', "licenses": [], "images": '
+        yield from json_array(record for record, _ in self.images())
+        yield b', "annotations": '
+        yield from json_array(annotation for _, annotations in self.images() for annotation in annotations)
+        yield b', "categories": ' + json.dumps(self.categories).encode() + b"}"
+
+
+def json_array(items: Iterable[object]) -> Iterator[bytes]:
+    """A JSON array of ``items``, a piece per item, for files too large to build in memory."""
+    separator = b"["
+    for item in items:
+        yield separator + json.dumps(item).encode()
+        separator = b", "
+    yield b"[]" if separator == b"[" else b"]"
 
 
 def image_root(images: list[Path]) -> Path:

@@ -3,20 +3,21 @@ region per class present, and the labelling config those regions belong to. Labe
 import COCO RLE masks, only its own brush RLE, which ``label-studio-converter`` writes (the extra
 ``prelabel[label-studio]``; the newer label-studio-sdk holds the same code but pins OpenCV 4.12).
 
-The tasks are made from the job's COCO document (``coco.CocoFile``), so both files always hold
-the same masks, and a resumed job rebuilds both from the images it kept."""
+The tasks are made from the job's COCO file (``coco.CocoFile``), so both files always hold the
+same masks, and a resumed job rebuilds both from the images it kept."""
 
 from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ElementTree
-from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from prelabel_client.coco import CocoFile, json_array
 from prelabel_client.outputs import LABEL_STUDIO_CONFIG_FILE, LABEL_STUDIO_TASKS_FILE, write_whole
 
 # Label Studio serves a file at this address when LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT is the image
@@ -49,27 +50,25 @@ def check_image_url(image_url: str) -> None:
                          f"(e.g. {DEFAULT_IMAGE_URL!r} or 'https://example.com/images/{{path}}')")
 
 
-def write_label_studio(document: dict, out_dir: Path, image_url: str = DEFAULT_IMAGE_URL) -> tuple[Path, Path]:
+def write_label_studio(coco: CocoFile, out_dir: Path, image_url: str = DEFAULT_IMAGE_URL) -> tuple[Path, Path]:
     """Writes ``label_studio.json`` (tasks to import) and ``label_studio_config.xml`` (the project's
     labelling interface) into ``out_dir``; returns their paths. ``image_url`` turns an image's
     path relative to the job's image root (COCO's ``file_name``) into what Label Studio loads:
     ``{path}`` is replaced by that path and ``{root}`` by the image root's own name, URL-quoted."""
     tasks_path, config_path = out_dir / LABEL_STUDIO_TASKS_FILE, out_dir / LABEL_STUDIO_CONFIG_FILE
-    write_whole(tasks_path, json.dumps(tasks(document, image_url)).encode())
-    write_whole(config_path, labeling_config(document["categories"]).encode())
+    write_whole(tasks_path, json_array(tasks(coco, image_url)))
+    write_whole(config_path, labeling_config(coco.categories).encode())
     return tasks_path, config_path
 
 
-def tasks(document: dict, image_url: str = DEFAULT_IMAGE_URL) -> list[dict]:
-    """One task per image of the COCO ``document``, its prediction scored by the image's mean
-    confidence (so Label Studio can sort the least sure first)."""
-    names = {category["id"]: category["name"] for category in document["categories"]}
-    annotations_of = defaultdict(list)
-    for annotation in document["annotations"]:
-        annotations_of[annotation["image_id"]].append(annotation)
-    model_version = document["info"].get("model", "")
-    image_url = image_url.replace("{root}", _quoted(Path(document["info"]["image_root"]).name))
-    return [_task(image, annotations_of[image["id"]], names, image_url, model_version) for image in document["images"]]
+def tasks(coco: CocoFile, image_url: str = DEFAULT_IMAGE_URL) -> Iterator[dict]:
+    """One task per image of ``coco``, its prediction scored by the image's mean confidence (so
+    Label Studio can sort the least sure first); made one at a time, as they are written."""
+    names = {category["id"]: category["name"] for category in coco.categories}
+    model_version = coco.info.get("model", "")
+    image_url = image_url.replace("{root}", _quoted(Path(coco.info["image_root"]).name))
+    for image, annotations in coco.images():
+        yield _task(image, annotations, names, image_url, model_version)
 
 
 def _task(image: dict, annotations: list[dict], names: dict[int, str], image_url: str, model_version: str) -> dict:

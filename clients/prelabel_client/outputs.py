@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -168,11 +169,13 @@ def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
     return written
 
 
-def write_whole(path: Path, data: bytes) -> None:
+def write_whole(path: Path, data: bytes | Iterable[bytes]) -> None:
     """Writes ``path`` whole or not at all: a write cut short (a full disk, an interrupt) leaves no
-    truncated file under an output name for other tools to pick up."""
+    truncated file under an output name for other tools to pick up. ``data`` may come in pieces,
+    so that a file larger than memory (a million images' COCO file) is never held whole."""
     try:
-        path.write_bytes(data)
+        with path.open("wb") as file:
+            file.writelines([data] if isinstance(data, bytes) else data)
     except BaseException as exc:
         with contextlib.suppress(OSError):  # nothing to remove where the name itself was refused
             path.unlink(missing_ok=True)
