@@ -491,8 +491,8 @@ def cuda_section(package: ModelPackage, images: list[np.ndarray], payloads: list
         r.ratio_to_limit = r.images_per_s / limit
     reference = runs[fastest.name]
     notes = {"onnxruntime CUDA": ("available, not measured yet" if "CUDAExecutionProvider" in ort.get_available_providers()
-                                  else f"not measured: onnxruntime {ort.__version__} here has no CUDA provider, and the "
-                                       "package registries hold no onnxruntime-gpu")}
+                                  else f"not measured: onnxruntime {ort.__version__} here has no CUDA provider (install "
+                                       "onnxruntime-gpu in its place to measure it)")}
     with tempfile.TemporaryDirectory() as scratch:
         repository = Path(scratch)
         package.copy_to(repository / package.card.name, max_batch_size=CUDA_MAX_BATCH)
