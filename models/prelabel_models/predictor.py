@@ -104,7 +104,7 @@ class Predictor:
 
         The head runs ``MC_HEAD_BATCH`` samples at a time: its masks and masked features take the
         decoder's features' size per sample (11 MB at 360x480, 17 MB at 512x512), and 64 samples at
-        once took a server to 3.4 GB (measured)."""
+        once took a server to 5.3 GB (measured)."""
         if self.card.head_dropout <= 0:
             raise ValueError(f"model {self.card.name!r} has no head dropout (head_dropout = 0): MC dropout needs it")
         features = self.backend.features(self.model_input(image)[None])
