@@ -150,16 +150,19 @@ class Predictor:
         padded = pad_to_multiple(image, self.card.output_stride)
         tiles = plan_tiles(padded.shape[0], padded.shape[1], self.card.tile_size, self.card.tile_overlap)
         band = _Band(self.card.num_classes, padded.shape[1])
-        for top, row_tiles in groupby(tiles, key=lambda t: t.top):
-            yield from band.finish_rows_above(top, height, width)
-            band.extend_to(min(top + self.card.tile_size, padded.shape[0]))  # never past the image
-            row_tiles = list(row_tiles)
-            for start in range(0, len(row_tiles), self.tile_batch):
-                group = row_tiles[start: start + self.tile_batch]
-                batch = self.stack_inputs([normalize(padded[t.rows, t.cols], self.card.normalization) for t in group])
-                for tile, tile_logits in zip(group, self.backend.run(batch)):
-                    band.add(tile, tile_logits, blend_weights(tile.height, tile.width, self.card.tile_overlap))
-        release_idle_memory(self.backend)
+        try:
+            for top, row_tiles in groupby(tiles, key=lambda t: t.top):
+                yield from band.finish_rows_above(top, height, width)
+                band.extend_to(min(top + self.card.tile_size, padded.shape[0]))  # never past the image
+                row_tiles = list(row_tiles)
+                for start in range(0, len(row_tiles), self.tile_batch):
+                    group = row_tiles[start: start + self.tile_batch]
+                    batch = self.stack_inputs([normalize(padded[t.rows, t.cols], self.card.normalization)
+                                               for t in group])
+                    for tile, tile_logits in zip(group, self.backend.run(batch)):
+                        band.add(tile, tile_logits, blend_weights(tile.height, tile.width, self.card.tile_overlap))
+        finally:  # also when the caller stops early (it left): a server kept 1 GB after such a photo
+            release_idle_memory(self.backend)
         yield from band.finish_rows_above(padded.shape[0], height, width)
 
     def _tiled_logits(self, image: np.ndarray) -> np.ndarray:

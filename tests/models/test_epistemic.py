@@ -101,6 +101,40 @@ def test_mc_dropout_runs_the_head_in_batches_and_then_gives_back_its_memory(drop
     assert np.array_equal(backend.features(predictor.model_input(image)[None]), features)
 
 
+class _CountingReleases:
+    """A real backend, counting the times it is asked to give its runtime's memory back."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.releases = backend, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.backend, name)
+
+    def release_idle_memory(self) -> None:
+        self.releases += 1
+        self.backend.release_idle_memory()
+
+
+def test_memory_is_given_back_after_tiled_images_and_large_mc_requests_only(dropout_package, image):
+    """Also when a tiled image's caller leaves after its first band: a server kept 1 GB after a
+    cancelled 4000x3000 photo before."""
+    backend = _CountingReleases(create_backend("onnx", dropout_package))
+    predictor = Predictor(dropout_package.card, backend)
+    predictor.logits(image)
+    predictor.mc_dropout_logits(image, MC_HEAD_BATCH)
+    assert backend.releases == 0  # the sizes a server runs all day keep their memory
+    large = np.tile(image, (3, 2, 1))  # 672x640, over the 512-pixel tiles
+    assert predictor.needs_tiling(*large.shape[:2])
+    predictor.logits(large)
+    assert backend.releases == 1
+    bands = predictor.logit_bands(large)
+    next(bands)
+    bands.close()
+    assert backend.releases == 2
+    predictor.mc_dropout_logits(image, MC_HEAD_BATCH + 1)
+    assert backend.releases == 3
+
+
 def test_mc_dropout_statistics_are_cropped_to_an_unaligned_image(dropout_package, image):
     odd = image[:211, :301]
     statistics = Predictor(dropout_package.card, create_backend("onnx", dropout_package)).mc_dropout_statistics(odd, 4)
