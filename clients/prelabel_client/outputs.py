@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -170,15 +172,20 @@ def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
 
 
 def write_whole(path: Path, data: bytes | Iterable[bytes]) -> None:
-    """Writes ``path`` whole or not at all: a write cut short (a full disk, an interrupt) leaves no
-    truncated file under an output name for other tools to pick up. ``data`` may come in pieces,
-    so that a file larger than memory (a million images' COCO file) is never held whole."""
+    """Writes ``path`` whole or not at all: the data goes to a hidden file beside it, which then
+    takes its name. Other tools never see a truncated file under an output name, even after a
+    SIGKILL or a power cut in the middle of a write (written in place, a job killed during its
+    Label Studio export left a third of the file, which no longer parsed). ``data`` may come in
+    pieces, so that a file larger than memory (a million images' COCO file) is never held whole."""
+    digest = hashlib.sha1(path.name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    partial = path.with_name(f".{digest}.{os.getpid()}.{threading.get_ident()}.partial")
     try:
-        with path.open("wb") as file:
+        with partial.open("wb") as file:
             file.writelines([data] if isinstance(data, bytes) else data)
+        partial.replace(path)
     except BaseException as exc:
-        with contextlib.suppress(OSError):  # nothing to remove where the name itself was refused
-            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # nothing to remove where the folder itself was refused
+            partial.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise OutputWriteError(f"could not write {path}: {exc.strerror or exc}") from exc
         raise

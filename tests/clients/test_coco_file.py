@@ -1,5 +1,5 @@
-"""The COCO file a batch job builds: spooled to disk image by image, written a piece at a time,
-and the same document as one built in memory."""
+"""The COCO file a batch job builds: spooled to disk image by image, written a piece at a time
+and whole or not at all."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import json
 import tracemalloc
 from pathlib import Path
 
+import pytest
+
 from prelabel_client.coco import CocoFile, json_array
+from prelabel_client.outputs import write_whole
 
 CLASSES = [(0, "Sky", (128, 128, 128)), (1, "Road", (128, 64, 128))]
 
@@ -62,3 +65,22 @@ def test_the_masks_are_kept_on_disk_not_in_memory(tmp_path: Path):
         tracemalloc.stop()
     assert grown < 2_000_000, f"{grown} bytes held for 20 MB of masks"
     assert sum(len(a) for _, a in coco.images()) == 400
+
+
+def test_a_write_cut_short_leaves_the_previous_file_whole_and_no_partial_file(tmp_path: Path):
+    """Files are written beside their name and then renamed: a job killed in the middle of its
+    export (SIGKILL, no Python to clean up) left a truncated label_studio.json before."""
+    target = tmp_path / "coco.json"
+    target.write_text('{"complete": true}')
+
+    def pieces():
+        yield b'{"images": ['
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_whole(target, pieces())
+    assert json.loads(target.read_text()) == {"complete": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco.json"]
+    write_whole(target, iter([b'{"images": ', b"[]}"]))
+    assert json.loads(target.read_text()) == {"images": []}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco.json"]
