@@ -150,17 +150,21 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
             _write_exports(collected, out_dir, report, coco, label_studio)
     except BaseException as exc:
         error = NOT_PROCESSED + _describe(exc)
+        # Stopped by hand or by an orchestrator (SIGTERM), the job ends at once: the exports of
+        # half a million images took hours to write, past any grace period, and `--resume` writes them.
+        interrupted = isinstance(exc, KeyboardInterrupt)
         try:
             if manifest is not None:  # a resumed job that never reached the server keeps its manifest
                 for image, _ in todo[done:]:
                     _append(manifest, {"image": str(image), "error": error})
                 unanswered = sum(failure.startswith(NOT_PROCESSED) for failure in report.failures.values())
                 if _resumable(exc):
+                    exports = " and write its COCO and Label Studio files" if interrupted and collected is not None else ""
                     exc.add_note(f"stopped with {unanswered + len(todo) - done} of {len(images)} images not processed "
                                  f"({report.written + report.kept} written, {report.failed - unanswered} failed; "
                                  f"each listed in {out_dir / MANIFEST_FILE}): run the same command with --resume "
-                                 "to finish")
-            if collected is not None:
+                                 f"to finish{exports}")
+            if collected is not None and not interrupted:
                 _write_exports(collected, out_dir, report, coco, label_studio)
         except OSError:  # the outputs themselves cannot be written: the job's own error matters more
             pass

@@ -243,12 +243,14 @@ def test_a_write_cut_short_leaves_no_truncated_file(onnx_server: RunningServer, 
 
 def test_sigterm_lists_every_image_not_processed(onnx_server: RunningServer, small_camvid_rgb, tmp_path: Path) -> None:
     """SIGTERM (timeout, systemd, Kubernetes) ended the job without a word, and the manifest left
-    out every image not processed; Ctrl-C already listed them."""
+    out every image not processed; Ctrl-C already listed them. The job stops without writing its
+    COCO file (for half a million images that took longer than any grace period): the resumed
+    run writes it."""
     images = [_write(tmp_path / "in" / f"frame{index:03d}.png", np.roll(small_camvid_rgb, index, axis=1))
               for index in range(150)]
     out = tmp_path / "out"
-    job = subprocess.Popen(_predict_command(*map(str, images), "--out", str(out), "--server", onnx_server.address),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = _predict_command(*map(str, images), "--out", str(out), "--server", onnx_server.address, "--coco")
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not ((out / "manifest.jsonl").is_file() and (out / "manifest.jsonl").read_text().count("\n") >= 2):
         assert time.monotonic() < deadline and job.poll() is None, "the job never got going"
@@ -260,7 +262,11 @@ def test_sigterm_lists_every_image_not_processed(onnx_server: RunningServer, sma
     assert [entry["image"] for entry in manifest] == list(map(str, images))
     unprocessed = sum(entry.get("error", "").startswith("not processed") for entry in manifest)
     assert unprocessed and f"stopped with {unprocessed} of 150 images not processed" in error
-    assert "run the same command with --resume to finish" in error
+    assert "run the same command with --resume to finish and write its COCO and Label Studio files" in error
+    assert not (out / "coco.json").exists()
+    subprocess.run([*command, "--resume"], check=True, capture_output=True, timeout=300)
+    coco = json.loads((out / "coco.json").read_text())
+    assert [image["file_name"] for image in coco["images"]] == [image.name for image in images]
 
 
 def test_a_name_that_is_not_utf8_is_printed_escaped(onnx_server: RunningServer, small_camvid_rgb,
