@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from prelabel_client.client import PreLabelClient
 from prelabel_client.coco import CocoFile, image_entry, image_root
-from prelabel_client.label_studio import check_ready, write_label_studio
+from prelabel_client.label_studio import brush_regions, check_ready, is_brush_regions, write_label_studio
 from prelabel_client.outputs import (
     COCO_FILE,
     LABEL_STUDIO_CONFIG_FILE,
@@ -113,11 +113,12 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
         wanted = {"model": served.name, "model_version": served.version, **options}
         kept = {}
         for image, name in todo:
-            found = _kept_entry(previous.get((str(image), name)), out_dir, name, wanted, segments)
+            found = _kept_entry(previous.get((str(image), name)), out_dir, name, wanted, segments,
+                                label_studio is not None)
             if found is not None:
-                kept[(str(image), name)], coco_part = found
+                kept[(str(image), name)], parts = found
                 if collected is not None:  # spooled now: a million kept images' parts would not fit in memory
-                    collected.add(image, coco_part)
+                    collected.add(image, parts["coco"], parts.get("label_studio"))
         if manifest is None:
             manifest = _open_manifest(out_dir)
         for entry in kept.values():
@@ -131,15 +132,16 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
                                                                     uncertainty_format=precision,
                                                                     uncertainty_threshold=uncertainty_threshold),
                                    patience_s)
+        class_names = {class_id: class_name for class_id, class_name, _ in served.classes}
         for (image, name), result in tqdm(zip(todo, results), total=len(todo), unit="img", desc="pre-annotating"):
-            part = image_entry(result) if collected is not None and isinstance(result, Prediction) else None
-            entry = _written(result, image, name, out_dir, served.palette, options, part)
+            parts = _export_parts(result, class_names, label_studio is not None) if collected is not None else None
+            entry = _written(result, image, name, out_dir, served.palette, options, parts)
             if "error" in entry:
                 report.failures[str(image)] = entry["error"]
             else:
                 report.written += 1
-                if part is not None:
-                    collected.add(image, part)
+                if parts is not None:
+                    collected.add(image, parts["coco"], parts.get("label_studio"))
             _append(manifest, entry)
             done += 1
         for image, _ in todo[done:]:  # a stream that ended without an answer for every image
@@ -201,36 +203,54 @@ def _previous_entries(out_dir: Path) -> dict[tuple[str, str], dict]:
     return entries
 
 
-def _kept_entry(entry: dict | None, out_dir: Path, name: str, wanted: dict[str, str],
-                segments: bool) -> tuple[dict, dict | None] | None:
+def _kept_entry(entry: dict | None, out_dir: Path, name: str, wanted: dict[str, str], segments: bool,
+                label_studio: bool) -> tuple[dict, dict | None] | None:
     """A previous entry that stands, with its files' paths as they are now (``out_dir`` may be
-    named otherwise than last time), and with ``segments`` its COCO part: stamped with the model,
-    version and options ``wanted``, every file it lists there and not empty, and the COCO part whole."""
+    named otherwise than last time), and with ``segments`` its export parts (``_export_parts``):
+    stamped with the model, version and options ``wanted``, every file it lists there and not
+    empty, and the parts the job needs whole."""
     if entry is None or "error" in entry or any(entry.get(key) != value for key, value in wanted.items()):
         return None
     files = {key: out_dir / f"{name}{suffix}" for key, suffix in zip(OUTPUT_KEYS, OUTPUT_SUFFIXES) if key in entry}
     if not all(path.is_file() and path.stat().st_size > 0 for path in files.values()):
         return None
-    coco_part = _saved_coco_part(files["summary"]) if segments else None
-    if segments and coco_part is None:
+    parts = _saved_export_parts(files["summary"], label_studio) if segments else None
+    if segments and parts is None:
         return None
-    return {**entry, **{key: str(path) for key, path in files.items()}}, coco_part
+    return {**entry, **{key: str(path) for key, path in files.items()}}, parts
 
 
-def _saved_coco_part(summary: Path) -> dict | None:
-    """The COCO part an image's JSON holds (see ``coco.image_entry``), if whole."""
+def _export_parts(result: Prediction | FailedPrediction, class_names: dict[int, str],
+                  label_studio: bool) -> dict | None:
+    """What an image adds to the job's COCO file (``coco``) and Label Studio tasks
+    (``label_studio``), kept in its JSON too so that a resumed job need not make them again."""
+    if not isinstance(result, Prediction):
+        return None
+    parts = {"coco": image_entry(result)}
+    if label_studio:
+        parts["label_studio"] = brush_regions(result.mask, parts["coco"], class_names)
+    return parts
+
+
+def _saved_export_parts(summary: Path, label_studio: bool) -> dict | None:
+    """The export parts an image's JSON holds (see ``_export_parts``), if whole."""
     try:
-        part = json.loads(summary.read_text(encoding="utf-8"))["coco"]
+        saved = json.loads(summary.read_text(encoding="utf-8"))
+        part = saved["coco"]
         whole = isinstance(part["height"], int) and isinstance(part["width"], int) and \
             all(isinstance(a, dict) and {"category_id", "segmentation", "area", "score"} <= a.keys()
                 for a in part["annotations"])
+        regions = saved.get("label_studio") if label_studio else None
+        whole = whole and (not label_studio or (is_brush_regions(regions) and len(regions) == len(part["annotations"])))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return part if whole else None
+    if not whole:
+        return None
+    return {"coco": part, "label_studio": regions} if label_studio else {"coco": part}
 
 
 def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_dir: Path,
-             palette: list[tuple[int, int, int]], options: dict, coco_part: dict | None) -> dict[str, str]:
+             palette: list[tuple[int, int, int]], options: dict, export_parts: dict | None) -> dict[str, str]:
     """The manifest entry of one image: its files once written (and the model version and the
     job's ``options``, measure and threshold, that made them), or its error (the server's, or a
     file that could not be written)."""
@@ -239,7 +259,7 @@ def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_
         return {"image": str(image), "error": prefix + result.error.describe()}
     try:
         files = write_prediction(result, image, out_dir, palette, name=name,
-                                 extra=None if coco_part is None else {"coco": coco_part})
+                                 extra=export_parts)
         return {"image": str(image), **files, "model": result.model, "model_version": result.model_version,
                 **options}
     except OutputWriteError as exc:

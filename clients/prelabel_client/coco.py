@@ -51,10 +51,11 @@ class CocoFile:
         self._file_names: set[str] = set()
         self._annotations = 0
 
-    def add(self, image: Path, entry: dict) -> None:
+    def add(self, image: Path, entry: dict, brush_regions: list[dict] | None = None) -> None:
         """Adds ``image`` (one of the job's) with its ``image_entry``; the ids are this file's. A
         file given twice is added once: importers match annotations to frames by ``file_name``, so
-        CVAT would have put each of its masks on the frame as many times."""
+        CVAT would have put each of its masks on the frame as many times. ``brush_regions``: the
+        same masks as Label Studio regions (``label_studio.brush_regions``), kept for its tasks."""
         file_name = _absolute(image).relative_to(self.image_root).as_posix()
         if file_name in self._file_names:
             return
@@ -65,15 +66,16 @@ class CocoFile:
                        for number, annotation in enumerate(entry["annotations"], start=1)]
         self._annotations += len(annotations)
         self._spool.seek(0, os.SEEK_END)
-        self._spool.write(json.dumps([record, annotations]).encode() + b"\n")
+        self._spool.write(json.dumps([record, annotations, brush_regions]).encode() + b"\n")
 
-    def images(self) -> Iterator[tuple[dict, list[dict]]]:
-        """Each image added so far, in order: its COCO ``images`` record and its annotations."""
+    def images(self) -> Iterator[tuple[dict, list[dict], list[dict] | None]]:
+        """Each image added so far, in order: its COCO ``images`` record, its annotations and its
+        Label Studio regions (None if not given)."""
         self._spool.flush()
         self._spool.seek(0)
         for line in self._spool:
-            record, annotations = json.loads(line)
-            yield record, annotations
+            record, annotations, brush_regions = json.loads(line)
+            yield record, annotations, brush_regions
 
     def write(self, path: Path) -> None:
         """Writes the COCO instances file of the images added so far, whole or not at all
@@ -82,9 +84,9 @@ class CocoFile:
 
     def _document_pieces(self) -> Iterator[bytes]:
         yield b'{"info": ' + json.dumps(self.info).encode() + b', "licenses": [], "images": '
-        yield from json_array(record for record, _ in self.images())
+        yield from json_array(record for record, _, _ in self.images())
         yield b', "annotations": '
-        yield from json_array(annotation for _, annotations in self.images() for annotation in annotations)
+        yield from json_array(annotation for _, annotations, _ in self.images() for annotation in annotations)
         yield b', "categories": ' + json.dumps(self.categories).encode() + b"}"
 
 

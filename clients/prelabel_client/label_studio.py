@@ -15,9 +15,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
-from pycocotools import mask as coco_mask
 
-from prelabel_client.coco import CocoFile, json_array
+from prelabel_client.coco import CATEGORY_ID_OFFSET, CocoFile, json_array
 from prelabel_client.outputs import LABEL_STUDIO_CONFIG_FILE, LABEL_STUDIO_TASKS_FILE, write_whole
 
 # Label Studio serves a file at this address when LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT is the image
@@ -52,7 +51,8 @@ def check_image_url(image_url: str) -> None:
 
 def write_label_studio(coco: CocoFile, out_dir: Path, image_url: str = DEFAULT_IMAGE_URL) -> tuple[Path, Path]:
     """Writes ``label_studio.json`` (tasks to import) and ``label_studio_config.xml`` (the project's
-    labelling interface) into ``out_dir``; returns their paths. ``image_url`` turns an image's
+    labelling interface) into ``out_dir`` from ``coco``'s images and their brush regions; returns
+    their paths. ``image_url`` turns an image's
     path relative to the job's image root (COCO's ``file_name``) into what Label Studio loads:
     ``{path}`` is replaced by that path and ``{root}`` by the image root's own name, URL-quoted."""
     tasks_path, config_path = out_dir / LABEL_STUDIO_TASKS_FILE, out_dir / LABEL_STUDIO_CONFIG_FILE
@@ -64,19 +64,19 @@ def write_label_studio(coco: CocoFile, out_dir: Path, image_url: str = DEFAULT_I
 def tasks(coco: CocoFile, image_url: str = DEFAULT_IMAGE_URL) -> Iterator[dict]:
     """One task per image of ``coco``, its prediction scored by the image's mean confidence (so
     Label Studio can sort the least sure first); made one at a time, as they are written."""
-    names = {category["id"]: category["name"] for category in coco.categories}
     model_version = coco.info.get("model", "")
     image_url = image_url.replace("{root}", _quoted(Path(coco.info["image_root"]).name))
-    for image, annotations in coco.images():
-        yield _task(image, annotations, names, image_url, model_version)
+    for image, annotations, regions in coco.images():
+        yield _task(image, annotations, regions, image_url, model_version)
 
 
-def _task(image: dict, annotations: list[dict], names: dict[int, str], image_url: str, model_version: str) -> dict:
+def _task(image: dict, annotations: list[dict], regions: list[dict], image_url: str, model_version: str) -> dict:
     area = sum(annotation["area"] for annotation in annotations)
     score = sum(annotation["score"] * annotation["area"] for annotation in annotations) / area if area else 0.0
-    regions = [_brush_region(image, annotation, names[annotation["category_id"]]) for annotation in annotations]
+    result = [{"id": f"{image['id']}-{annotation['category_id']}", **region}
+              for annotation, region in zip(annotations, regions, strict=True)]
     return {"data": {IMAGE_TAG: image_url.replace("{path}", _quoted(image["file_name"]))},
-            "predictions": [{"model_version": model_version, "score": round(score, 4), "result": regions}]}
+            "predictions": [{"model_version": model_version, "score": round(score, 4), "result": result}]}
 
 
 def _quoted(path: str) -> str:
@@ -84,16 +84,30 @@ def _quoted(path: str) -> str:
     return quote(path, errors="surrogateescape")
 
 
-def _brush_region(image: dict, annotation: dict, name: str) -> dict:
+def brush_regions(mask: np.ndarray, coco_part: dict, class_names: dict[int, str]) -> list[dict]:
+    """The regions of one image's prediction: one per class of its COCO part (``coco.image_entry``),
+    its brush RLE made from the class's pixels in ``mask``. Made as each result arrives and kept in
+    the image's JSON: at the end of a job of 2000 images this took 139 s (pure-Python RLE), and a
+    resumed job made them all again."""
     from label_studio_converter import brush  # the extra; imported where used (it loads pandas)
 
-    rle = annotation["segmentation"]
-    mask = coco_mask.decode({**rle, "counts": rle["counts"].encode()})
-    return {"id": f"{image['id']}-{annotation['category_id']}", "type": "brushlabels",
-            "from_name": BRUSH_TAG, "to_name": IMAGE_TAG, "image_rotation": 0,
-            "original_width": image["width"], "original_height": image["height"], "score": annotation["score"],
-            "value": {"format": "rle", "rle": brush.mask2rle((mask * np.uint8(255)).astype(np.uint8)),
-                      "brushlabels": [name]}}
+    height, width = mask.shape
+    regions = []
+    for annotation in coco_part["annotations"]:
+        class_id = annotation["category_id"] - CATEGORY_ID_OFFSET
+        pixels = np.where(mask == class_id, np.uint8(255), np.uint8(0))
+        regions.append({"type": "brushlabels", "from_name": BRUSH_TAG, "to_name": IMAGE_TAG, "image_rotation": 0,
+                        "original_width": width, "original_height": height, "score": annotation["score"],
+                        "value": {"format": "rle", "rle": brush.mask2rle(pixels),
+                                  "brushlabels": [class_names[class_id]]}})
+    return regions
+
+
+def is_brush_regions(regions: object) -> bool:
+    """Whether ``regions`` (read back from an image's JSON) are whole ``brush_regions``."""
+    return isinstance(regions, list) and all(
+        isinstance(region, dict) and isinstance(region.get("value"), dict) and
+        isinstance(region["value"].get("rle"), list) for region in regions)
 
 
 def labeling_config(categories: list[dict]) -> str:

@@ -39,7 +39,7 @@ def test_images_read_back_in_order_with_ids_that_go_on_across_reads(tmp_path: Pa
     coco = CocoFile(CLASSES, images, "m v1", spool_dir=tmp_path)
     coco.add(images[0], _entry(2))
     coco.add(images[0], _entry(1))  # the same file again: listed once
-    assert [record["file_name"] for record, _ in coco.images()] == ["a.png"]
+    assert [record["file_name"] for record, _, _ in coco.images()] == ["a.png"]
     coco.add(images[1], _entry(1))  # after a read: appended, not written over
     coco.add(images[2], _entry(2))
     coco.write(tmp_path / "coco.json")
@@ -64,7 +64,7 @@ def test_the_masks_are_kept_on_disk_not_in_memory(tmp_path: Path):
     finally:
         tracemalloc.stop()
     assert grown < 2_000_000, f"{grown} bytes held for 20 MB of masks"
-    assert sum(len(a) for _, a in coco.images()) == 400
+    assert sum(len(a) for _, a, _ in coco.images()) == 400
 
 
 def test_a_write_cut_short_leaves_the_previous_file_whole_and_no_partial_file(tmp_path: Path):

@@ -87,6 +87,18 @@ def test_a_resumed_job_writes_the_kept_images_tasks_too(onnx_client: PreLabelCli
     assert [task["data"]["image"] for task in tasks] == [f"/data/local-files/?d={folder}/{image.name}"
                                                          for image in camvid_val_images[:3]]
     assert all(task["predictions"][0]["result"] for task in tasks)
+    # The kept images' regions were read from their JSONs, not made again: they are the same.
+    saved = json.loads((out / f"{camvid_val_images[0].stem}.json").read_text())["label_studio"]
+    assert [{k: v for k, v in region.items() if k != "id"} for region in tasks[0]["predictions"][0]["result"]] == saved
+
+
+def test_a_resumed_job_sends_again_the_images_written_without_label_studio_regions(
+        onnx_client: PreLabelClient, camvid_val_images, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    predict_files(onnx_client, camvid_val_images[:2], out, coco=True)
+    report = predict_files(onnx_client, camvid_val_images[:2], out, label_studio=DEFAULT_IMAGE_URL, resume=True)
+    assert (report.kept, report.written) == (0, 2)
+    assert len(json.loads((out / "label_studio.json").read_text())) == 2
 
 
 def test_an_image_url_without_its_path_is_refused_before_any_request(onnx_server, camvid_val_images, tmp_path,
