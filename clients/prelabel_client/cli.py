@@ -109,12 +109,47 @@ def _add_server_options(parser: argparse.ArgumentParser,
 def _predict(args: argparse.Namespace) -> int:
     from prelabel_client.batch import predict_files
 
+    images = _predict_inputs(args.images, args.images_from)
     with _connect(args) as client:
-        report = predict_files(client, args.images, args.out, model=args.model, measure=args.measure,
+        report = predict_files(client, images, args.out, model=args.model, measure=args.measure,
                                uncertainty_threshold=args.uncertainty_threshold, coco=args.coco,
                                label_studio=args.image_url if args.label_studio else None, resume=args.resume)
     print(report.describe())
     return 0 if report.failed == 0 else 1
+
+
+def _predict_inputs(arguments: list[Path], images_from: str | None) -> list[Path]:
+    """The job's images: each argument an image file, or a folder whose image files at every depth
+    are taken in path order; then the paths listed in ``images_from`` (a file, or - for standard
+    input), one a line. A dataset is given as a folder or a list, since the command line holds
+    only 20-40 thousand paths, and a job split over several runs into one --out kept the record
+    of the last run alone."""
+    from prelabel_models.image_files import IMAGE_SUFFIXES, DatasetError, find_images
+
+    images: list[Path] = []
+    for argument in arguments:
+        if not argument.is_dir():
+            images.append(argument)  # a file that is missing or no image fails alone, in the manifest
+            continue
+        found = find_images(argument)
+        if not found:
+            raise DatasetError(f"no images in {argument} or the folders below it (files ending in "
+                               f"{' '.join(sorted(IMAGE_SUFFIXES))})")
+        images += found
+    if images_from is not None:
+        images += _listed_images(images_from)
+    if not images:
+        raise DatasetError("no images given: name image files or folders, or list them with --images-from")
+    return images
+
+
+def _listed_images(listing: str) -> list[Path]:
+    """The non-empty lines of ``listing`` as paths; bytes that are not UTF-8 are kept, as in argv."""
+    if listing == "-":
+        lines = sys.stdin.buffer.read().decode("utf-8", "surrogateescape").splitlines()
+    else:
+        lines = Path(listing).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    return [Path(line) for line in lines if line.strip()]
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -289,7 +324,11 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(handler=_serve)
 
     predict = commands.add_parser("predict", help="pre-annotate images through a running server")
-    predict.add_argument("images", nargs="+", type=Path, help="image files")
+    predict.add_argument("images", nargs="*", type=Path,
+                         help="image files, or folders whose images (at every depth) are all taken")
+    predict.add_argument("--images-from", metavar="LIST",
+                         help="also take the image paths listed in this file, one a line (- for standard input): "
+                              "for datasets too large for the command line")
     predict.add_argument("--out", type=Path, required=True, help="folder for masks, overlays, heat maps, summaries")
     predict.add_argument("--model", default="", help="model name (default: the server's default model)")
     predict.add_argument("--measure", default="entropy", choices=MEASURES, help="uncertainty measure (default entropy)")

@@ -24,6 +24,12 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def find_images(folder: Path) -> list[Path]:
+    """The image files in ``folder`` and in every folder below it, in path order (``list_images``
+    at every depth): a dataset is often split into folders by day, camera or scene."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
     """The picture as viewers show it (EXIF orientation applied, as the server does), BGR by default;
     None if it cannot be read. The bytes are read by Python, not by ``cv2.imread``, which crashed

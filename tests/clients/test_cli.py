@@ -76,6 +76,32 @@ def test_overlay_heat_map_and_summary_are_written(predicted) -> None:
     assert not (out / "does-not-exist_mask.png").exists()
 
 
+def test_predict_takes_folders_at_every_depth_and_lists_of_paths(onnx_server: RunningServer,
+                                                                  camvid_val_images: list[Path], tmp_path: Path) -> None:
+    """A dataset too large for the command line (20-40 thousand paths) is given as a folder or a
+    list; before, a folder failed as an input that is no file."""
+    dataset = tmp_path / "dataset"
+    (dataset / "day2" / "cam1").mkdir(parents=True)
+    for index, relative in enumerate(["b.png", "day2/cam1/a.png", "day2/c.jpg"]):
+        (dataset / relative).symlink_to(camvid_val_images[index])
+    (dataset / "notes.txt").write_text("not an image")
+    listed = tmp_path / "more.txt"
+    listed.write_text(f"{camvid_val_images[5]}\n\n{tmp_path / 'missing.png'}\n")
+    out = tmp_path / "out"
+    result = _prelabel("predict", str(dataset), "--images-from", str(listed), "--out", str(out),
+                       "--server", onnx_server.address)
+    assert result.returncode == 1, result.stderr  # the listed missing file fails alone
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [entry["image"] for entry in manifest] == [str(dataset / "b.png"), str(dataset / "day2/c.jpg"),
+                                                      str(dataset / "day2/cam1/a.png"), str(camvid_val_images[5]),
+                                                      str(tmp_path / "missing.png")]
+    assert ["error" in entry for entry in manifest] == [False, False, False, False, True]
+    from_stdin = subprocess.run([PRELABEL, "predict", "--images-from", "-", "--out", str(tmp_path / "out2"),
+                                 "--server", onnx_server.address], input=f"{camvid_val_images[5]}\n",
+                                capture_output=True, text=True, timeout=300)
+    assert from_stdin.returncode == 0 and "1 image pre-annotated" in from_stdin.stdout, from_stdin.stderr
+
+
 def test_models_lists_the_repository(onnx_server: RunningServer) -> None:
     result = _prelabel("models", "--server", onnx_server.address)
     assert result.returncode == 0, result.stderr

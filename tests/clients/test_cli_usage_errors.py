@@ -26,6 +26,9 @@ def _prelabel(*args: str, **env: str) -> subprocess.CompletedProcess:
     (("select", "/no/such/pool", "--budget", "2", "--out", "selection.json"), {}, "No such file or directory"),
     (("select", "samples", "--budget", "-1", "--out", "selection.json"), {}, "--budget: must be 0 or more"),
     (("demo", "--images", "/no/such/folder", "--out", "demo-output"), {}, "no PNG images in /no/such/folder"),
+    (("predict", "--out", "out"), {}, "no images given: name image files or folders, or list them with --images-from"),
+    (("predict", "clients", "--out", "out"), {}, "no images in clients or the folders below it"),
+    (("predict", "--images-from", "/no/such/list", "--out", "out"), {}, "No such file or directory"),
     # Accepted before, then an OverflowError traceback, a thread dying, plaintext, or a start-up that never ended:
     (("serve",), {"PRELABEL_MAX_MESSAGE_BYTES": "3000000000"}, "PRELABEL_MAX_MESSAGE_BYTES: Input should be less than"),
     (("serve",), {"PRELABEL_GRACE_SECONDS": "inf"}, "PRELABEL_GRACE_SECONDS: Input should be a finite number"),
