@@ -87,6 +87,7 @@ class DynamicBatcher:
         self._wake = threading.Condition()
         self._stopped = False
         self._model_lock = threading.Lock()
+        self._large_image_lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._worker.start()
 
@@ -112,8 +113,14 @@ class DynamicBatcher:
         return pending.future
 
     def exclusive(self) -> threading.Lock:
-        """Held while a batch runs; a tiled image holds it to run its tiles between batches."""
+        """Held while a batch runs; a tiled image holds it for each batch of its tiles, between
+        the batcher's batches."""
         return self._model_lock
+
+    def large_image(self) -> threading.Lock:
+        """Held for a whole tiled image: one at a time per model, so that their maps (1-2 GB for
+        40 megapixels) do not add up, while the batches of small images run between their tiles."""
+        return self._large_image_lock
 
     def queued(self) -> int:
         with self._wake:

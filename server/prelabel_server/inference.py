@@ -96,23 +96,27 @@ def _with_embedding(served: ServedModel, image: np.ndarray, options: MapOptions,
 
 def _tiled(served: ServedModel, image: np.ndarray, options: MapOptions,
            caller_gone: CallerGone) -> tuple[SegmentationMaps, InferenceInfo]:
-    """Streams tiles' logits straight into the maps, holding the model between batches. A large
-    image takes many forward passes; the caller is checked before each band of them, so one that
-    has gone releases the model at once instead of after the whole image (``_timed``)."""
+    """Streams tiles' logits straight into the maps. The model is held for each batch of tiles, not
+    for the whole image: a 40-megapixel image held it for minutes, and small requests behind it
+    waited 49 s (median) or ran out of time. Tiled images take turns (``large_image``), so that
+    their maps' memory does not add up. The caller is checked before each batch of tiles, so
+    one that has gone stops at once instead of at the end of its row of tiles (12-40 s later)."""
     info = InferenceInfo()
-    bands = _timed(served.predictor.logit_bands(image), info, caller_gone)
-    with _exclusive(served):
+
+    def hold() -> contextlib.AbstractContextManager:
+        _stop_if_gone(caller_gone, "during tiled inference")
+        return _exclusive(served)
+
+    with served.batcher.large_image() if served.batcher is not None else contextlib.nullcontext():
+        bands = _timed(served.predictor.logit_bands(image, hold), info)
         maps = segment_bands(bands, served.card.num_classes, *image.shape[:2], served.card.temperature,
                              options.measure, options.keep_probabilities)
     return maps, info
 
 
-def _timed(bands: Iterator[tuple[slice, np.ndarray]], info: InferenceInfo,
-           caller_gone: CallerGone) -> Iterator[tuple[slice, np.ndarray]]:
-    """Counts the time spent producing each band (the network) into ``info.seconds``; raises
-    Cancelled before producing a band, i.e. between forward passes, once the caller has gone."""
+def _timed(bands: Iterator[tuple[slice, np.ndarray]], info: InferenceInfo) -> Iterator[tuple[slice, np.ndarray]]:
+    """Counts the time spent producing each band (the network) into ``info.seconds``."""
     while True:
-        _stop_if_gone(caller_gone, "during tiled inference")
         started = time.perf_counter()
         band = next(bands, None)
         info.seconds += time.perf_counter() - started

@@ -332,6 +332,48 @@ def test_a_tiled_request_whose_caller_left_stops_between_forward_passes(model_re
         running.stop(grace=0)
 
 
+class SlowTiles:
+    """The real ONNX Runtime backend, each batch of tiles made slow, so that a tiled image takes
+    seconds; other images' batches run at full speed."""
+
+    def __init__(self, backend, tile_batch_shape: tuple[int, ...]) -> None:
+        self.backend, self.tile_batch_shape = backend, tile_batch_shape
+        self.name, self.device = backend.name, backend.device
+        self.tile_passes = 0
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if batch.shape[2:] == self.tile_batch_shape:
+            self.tile_passes += 1
+            threading.Event().wait(0.3)
+        return self.backend.run(batch)
+
+
+def test_small_images_are_served_between_the_tile_batches_of_a_large_one(model_repository, val_images,
+                                                                          small_camvid_png):
+    """A tiled image held the model for all its tiles: behind a 40-megapixel one, small requests
+    waited 49 s (median) or ran out of time."""
+    running = _serve(model_repository)
+    served = running.engine.registry.get("deeplab")
+    tile = served.card.tile_size
+    backend = served.predictor.backend = SlowTiles(served.predictor.backend, (tile, tile))
+    try:
+        image = np.ascontiguousarray(np.tile(read_rgb(val_images[0]), (3, 3, 1)))  # 1080x1440: 35 tiles of 256
+        batches = math.ceil(served.predictor.count_tiles(*image.shape[:2]) / served.predictor.tile_batch)
+        with PreLabelClient(running.address, timeout=120) as client, ThreadPoolExecutor(1) as pool:
+            large = pool.submit(client.predict, image, model="deeplab")
+            for _ in range(600):
+                if backend.tile_passes:
+                    break
+                threading.Event().wait(0.05)
+            small = client.predict(small_camvid_png, model="deeplab")
+            passes_by_then = backend.tile_passes
+            assert small.mask.shape == (101, 133)
+            assert large.result().mask.shape == image.shape[:2]
+        assert passes_by_then < batches, "the small image waited for the whole tiled one"
+    finally:
+        running.stop(grace=0)
+
+
 def test_a_request_whose_caller_left_while_the_model_was_held_is_dropped(batch_repository, val_images):
     """The batcher checked callers when it formed a batch, then waited for the model (held here as
     a tiled image holds it) and ran the batch anyway: a request whose deadline had passed was
