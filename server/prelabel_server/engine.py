@@ -27,6 +27,7 @@ from prelabel_server import encoding, metrics
 from prelabel_server.batching import CallerGone, ModelRetired
 from prelabel_server.imaging import ImageLimits, decode_image, raw_image
 from prelabel_server.inference import MapOptions, compute_maps
+from prelabel_server.memory import LARGE_BYTES, IdleTrimmer
 from prelabel_server.registry import ModelRegistry, ServedModel
 from prelabel_server.settings import ServerSettings
 from prelabel_server.types import (
@@ -60,6 +61,7 @@ class Engine:
         self._watcher: RepositoryWatcher | None = None
         self._running = 0  # requests in progress, for a shutdown that waits for them
         self._idle = threading.Condition()
+        self.trimmer = IdleTrimmer()
 
     def load_models(self) -> None:
         self.registry.load_all()
@@ -79,9 +81,11 @@ class Engine:
     def _in_progress(self) -> Iterator[None]:
         with self._idle:
             self._running += 1
+        self.trimmer.started()
         try:
             yield
         finally:
+            self.trimmer.ended()
             with self._idle:
                 self._running -= 1
                 self._idle.notify_all()
@@ -211,8 +215,14 @@ class Engine:
     def _decode(self, request: SegmentRequest) -> np.ndarray:
         limits = ImageLimits(self.settings.max_image_pixels, self.settings.max_image_side)
         if isinstance(request.image, bytes):
-            return decode_image(request.image, limits)
-        return raw_image(request.image, limits)
+            image = decode_image(request.image, limits)
+            message_bytes = len(request.image)
+        else:
+            image = raw_image(request.image, limits)
+            message_bytes = image.nbytes
+        if max(message_bytes, image.nbytes) > LARGE_BYTES:
+            self.trimmer.large()
+        return image
 
     @staticmethod
     def _encode(served: ServedModel, request: SegmentRequest, maps: SegmentationMaps) -> dict:
