@@ -21,9 +21,10 @@ WORKDIR /app
 COPY --from=export /src /src
 RUN pip install --no-cache-dir '/src[server]' && mkdir -p /app/models \
  && for package in /src/models/*/card.json; do cp -r "$(dirname "$package")" /app/models/; done && rm -rf /src
-ENV PRELABEL_HOST=0.0.0.0 PRELABEL_PORT=50051 PRELABEL_MODEL_REPOSITORY=/app/models PRELABEL_BACKEND=auto
-EXPOSE 50051
-HEALTHCHECK --interval=30s --timeout=5s CMD prelabel health --server "127.0.0.1:${PRELABEL_PORT}" --timeout 3
+ENV PRELABEL_HOST=0.0.0.0 PRELABEL_PORT=50051 PRELABEL_HEALTH_PORT=50052 PRELABEL_MODEL_REPOSITORY=/app/models PRELABEL_BACKEND=auto
+EXPOSE 50051 50052
+# The health port answers while large requests hold every RPC thread of the main one.
+HEALTHCHECK --interval=30s --timeout=5s CMD prelabel health --server "127.0.0.1:${PRELABEL_HEALTH_PORT}" --timeout 3
 CMD ["prelabel", "serve"]
 
 # CPU image: ONNX Runtime only, no torch.
@@ -33,9 +34,9 @@ COPY --from=export /src /src
 RUN pip install --no-cache-dir '/src[serve-onnx]' && mkdir -p /app/models \
  && for package in /src/models/*/card.json; do cp -r "$(dirname "$package")" /app/models/; done && rm -rf /src \
  && ! python -c "import torch" 2>/dev/null
-ENV PRELABEL_HOST=0.0.0.0 PRELABEL_PORT=50051 PRELABEL_MODEL_REPOSITORY=/app/models PRELABEL_BACKEND=onnx
-EXPOSE 50051
-# Follows PRELABEL_PORT; a server with TLS needs its own check: docker run --health-cmd
-# 'prelabel health --server localhost:50051 --root-certificates /certs/cert.pem' ...
-HEALTHCHECK --interval=30s --timeout=5s CMD prelabel health --server "127.0.0.1:${PRELABEL_PORT}" --timeout 3
+ENV PRELABEL_HOST=0.0.0.0 PRELABEL_PORT=50051 PRELABEL_HEALTH_PORT=50052 PRELABEL_MODEL_REPOSITORY=/app/models PRELABEL_BACKEND=onnx
+EXPOSE 50051 50052
+# The health port (plaintext even where the main port serves TLS) answers while large requests
+# hold every RPC thread of the main one.
+HEALTHCHECK --interval=30s --timeout=5s CMD prelabel health --server "127.0.0.1:${PRELABEL_HEALTH_PORT}" --timeout 3
 CMD ["prelabel", "serve"]

@@ -79,6 +79,9 @@ class ServerSettings(BaseSettings):
     tls_certificate: Path | None = Field(default=None, description="PEM certificate chain: serve TLS instead of plaintext.")
     tls_private_key: Path | None = Field(default=None, description="PEM private key for tls_certificate.")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Port for Prometheus /metrics over HTTP; 0 = off.")
+    health_port: int = Field(default=0, ge=0, le=65535, description=(
+        "Port for the gRPC health service alone, plaintext, on threads of its own (for Kubernetes probes, "
+        "which speak no TLS): it answers while large requests hold every RPC thread of the main port; 0 = off."))
     repository_poll_seconds: float = Field(default=0.0, ge=0, le=86_400, allow_inf_nan=False, description=(
         "Poll the model repository this often and reload packages whose files changed (and load new "
         "ones) once they have stayed the same for one more poll; 0 = off (ReloadModel only)."))

@@ -3,6 +3,10 @@ failed package is reported with its error and the others keep serving."""
 
 from __future__ import annotations
 
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 import pytest
 from google.protobuf.descriptor_pool import DescriptorPool
@@ -26,6 +30,12 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def channel(server: RunningServer):
     with grpc.insecure_channel(server.address) as opened:
         yield opened
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _health(channel: grpc.Channel, service: str) -> int:
@@ -114,3 +124,41 @@ class TestModels:
         assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert "missing" in raised.value.message
         assert client.predict(small_camvid_png).ok  # the others keep serving
+
+
+class _HeldRuns:
+    """The real backend, whose forward passes wait for ``release``: the calls that reach it hold
+    their RPC threads, as large images do."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.release, self.waiting = backend, threading.Event(), threading.Semaphore(0)
+        self.name, self.device = backend.name, backend.device
+
+    def run(self, batch):
+        self.waiting.release()
+        self.release.wait(60)
+        return self.backend.run(batch)
+
+
+def test_the_health_port_answers_while_every_rpc_thread_is_busy(start_extra_server, small_camvid_png: bytes) -> None:
+    """On the main port, health shares the RPC threads with Predict: with every one held by a large
+    call, it timed out for minutes, and a Kubernetes liveness probe would restart a busy server."""
+    running = start_extra_server(workers=2, max_open_streams=1, batching=False, health_port=_free_port())
+    served = running.engine.registry.get(DEFAULT_MODEL)
+    held = served.predictor.backend = _HeldRuns(served.predictor.backend)
+    try:
+        with PreLabelClient(running.address, timeout=60) as client, ThreadPoolExecutor(2) as pool:
+            calls = [pool.submit(client.predict, small_camvid_png) for _ in range(2)]
+            assert held.waiting.acquire(timeout=30) and held.waiting.acquire(timeout=30)  # both threads held
+            with grpc.insecure_channel(running.address) as main:
+                with pytest.raises(grpc.RpcError) as starved:
+                    health_pb2_grpc.HealthStub(main).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                assert starved.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            with grpc.insecure_channel(f"127.0.0.1:{running.probes.port}") as probes:
+                for service in ("", SERVICE_NAME, f"models/{DEFAULT_MODEL}"):
+                    assert _health(probes, service) == SERVING
+                assert _health(probes, "models/broken") == NOT_SERVING
+            held.release.set()
+            assert all(call.result().ok for call in calls)
+    finally:
+        held.release.set()

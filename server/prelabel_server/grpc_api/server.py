@@ -24,6 +24,7 @@ from prelabel_server.metrics import start_metrics_server
 from prelabel_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
+_PROBE_THREADS = 4  # the health port's own RPC threads
 _HANDLERS_FINISH_S = 30.0  # for calls already cancelled to reach their next check (a tiled image's next band)
 
 
@@ -39,6 +40,7 @@ class RunningServer:
     engine: Engine
     health: health.HealthServicer
     stream_executor: ThreadPoolExecutor
+    probes: ProbeServer | None = None
 
     @property
     def address(self) -> str:
@@ -47,7 +49,11 @@ class RunningServer:
 
     def stop(self, grace: float | None = None) -> None:
         self.health.enter_graceful_shutdown()
+        if self.probes is not None:
+            self.probes.health.enter_graceful_shutdown()
         self.server.stop(self.engine.settings.grace_seconds if grace is None else grace).wait()
+        if self.probes is not None:
+            self.probes.server.stop(0).wait()
         # Items already running finish (their callers are gone, so the batcher drops them or a
         # tiled image stops at its next band); left running, they met the CPU pool shut down at
         # the interpreter's exit and logged internal errors.
@@ -71,15 +77,50 @@ class _BoundedWatchHealth(health.HealthServicer):
             yield from super().Watch(request, context, send_response_callback)
 
 
-class _ModelHealth:
-    """Publishes every model's health names from the registry. A model gone from it (renamed, or a
-    failed entry replaced once its package is fixed) becomes SERVICE_UNKNOWN instead of keeping its
-    last status. Registry listeners run on the watcher's and reloading threads, hence the lock."""
+@dataclass
+class ProbeServer:
+    """The health service alone on ``PRELABEL_HEALTH_PORT``, plaintext, with threads of its own:
+    on the main port, health checks share the RPC threads with Predict, and with 8 large calls in
+    progress they timed out for minutes (a Kubernetes liveness probe would have restarted a
+    server that was only busy). Its own gRPC server also parses its own messages: 64 MiB
+    requests on the main port delayed health there past 5 s too."""
 
-    def __init__(self, servicer: health.HealthServicer, engine: Engine) -> None:
-        self._servicer, self._engine = servicer, engine
+    server: grpc.Server
+    health: health.HealthServicer
+    port: int
+
+    @classmethod
+    def start(cls, settings: ServerSettings) -> "ProbeServer":
+        server = grpc.server(ThreadPoolExecutor(_PROBE_THREADS, thread_name_prefix="health"),
+                             maximum_concurrent_rpcs=4 * _PROBE_THREADS)
+        servicer = _BoundedWatchHealth(StreamSlots(_PROBE_THREADS // 2))  # Watch never takes every thread
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        address = _host_port(settings.host, settings.health_port)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:  # grpcio's "Failed to bind"
+            port = 0
+        if port == 0:
+            raise OSError(f"cannot serve health on {address}: is another server using the port? Choose another "
+                          "PRELABEL_HEALTH_PORT, or 0 for none")
+        server.start()
+        return cls(server, servicer, port)
+
+
+class _ModelHealth:
+    """Publishes every model's health names from the registry, to each health servicer (the main
+    port's and the probe port's). A model gone from it (renamed, or a failed entry replaced once
+    its package is fixed) becomes SERVICE_UNKNOWN instead of keeping its last status. Registry
+    listeners run on the watcher's and reloading threads, hence the lock."""
+
+    def __init__(self, servicers: list[health.HealthServicer], engine: Engine) -> None:
+        self._servicers, self._engine = servicers, engine
         self._published: set[str] = set()
         self._lock = threading.Lock()
+
+    def _set(self, name: str, status: int) -> None:
+        for servicer in self._servicers:
+            servicer.set(name, status)
 
     def update(self) -> None:
         serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -87,17 +128,17 @@ class _ModelHealth:
             models = self._engine.models()
             for gone in self._published - {status.name for status in models}:
                 for name in (model_health_name(gone), f"{model_health_name(gone)}/device"):
-                    self._servicer.set(name, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+                    self._set(name, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
             self._published = {status.name for status in models}
             for status in models:
                 ready = status.state == "ready"
-                self._servicer.set(model_health_name(status.name), serving if ready else not_serving)
+                self._set(model_health_name(status.name), serving if ready else not_serving)
                 # Serving, but not on its device (see device_fallback): a separate name, so that routing can tell.
-                self._servicer.set(f"{model_health_name(status.name)}/device",
+                self._set(f"{model_health_name(status.name)}/device",
                                    serving if ready and not status.degradation else not_serving)
             overall = serving if any(s.state == "ready" and s.is_default for s in models) else not_serving
-            self._servicer.set("", overall)
-            self._servicer.set(SERVICE_NAME, overall)
+            self._set("", overall)
+            self._set(SERVICE_NAME, overall)
 
 
 def _host_port(host: str, port: int) -> str:
@@ -170,7 +211,13 @@ def start_server(settings: ServerSettings) -> RunningServer:
     health_servicer = _BoundedWatchHealth(stream_slots)
     pb_grpc.add_PrelabelServiceServicer_to_server(
         PrelabelServicer(engine, stream_executor, stream_slots), server)
-    model_health = _ModelHealth(health_servicer, engine)
+    probes = None
+    try:
+        probes = ProbeServer.start(settings) if settings.health_port else None
+    except OSError:
+        engine.close()
+        raise
+    model_health = _ModelHealth([health_servicer] + ([probes.health] if probes else []), engine)
     engine.registry.add_listener(model_health.update)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -183,10 +230,12 @@ def start_server(settings: ServerSettings) -> RunningServer:
             _start_metrics(settings)
     except OSError:
         engine.close()  # its models' threads would outlive the server that never started
+        if probes is not None:
+            probes.server.stop(0)
         raise
     server.start()
     model_health.update()
-    return RunningServer(server, port, engine, health_servicer, stream_executor)
+    return RunningServer(server, port, engine, health_servicer, stream_executor, probes)
 
 
 def serve(settings: ServerSettings) -> None:
@@ -199,6 +248,8 @@ def serve(settings: ServerSettings) -> None:
         listening += " (all interfaces)"
     print(f"prelabel serving on {listening} (default model: {running.engine.registry.default_name or 'none'})",
           flush=True)
+    if running.probes is not None:
+        log.info("health alone (for probes, plaintext) on %s", _host_port(settings.host, running.probes.port))
     if not running.engine.registry.default_name:
         log.warning("no model is ready in %s: health is NOT_SERVING until a package loads (fix it, then "
                     "ReloadModel; PRELABEL_MODEL_REPOSITORY names another folder)", settings.model_repository)
