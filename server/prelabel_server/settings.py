@@ -65,6 +65,9 @@ class ServerSettings(BaseSettings):
         "0: half the RPC threads, at least 1."))
     max_in_flight_per_stream: int = Field(default=16, ge=1, le=4096, description=(
         "Requests read ahead of sent responses, per stream: enough to keep every stream worker busy."))
+    max_stream_bytes: int = Field(default=512 << 20, ge=0, le=1 << 40, description=(
+        "Bytes of streamed requests the server holds at once (read ahead or in progress), across all streams; "
+        "a stream stops reading while they are taken, and its client waits. 0 = no limit."))
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**31 - 1,  # gRPC takes a 32-bit int
                                    description="Largest request or response message.")
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest image, height x width (also the decompression-bomb guard).")

@@ -17,7 +17,7 @@ from prelabel_proto.errors import PrelabelError, ResourceExhausted
 from prelabel_server import metrics
 from prelabel_server.engine import Engine
 from prelabel_server.grpc_api import converters
-from prelabel_server.grpc_api.streaming import RequestT, ResponseT, process_stream
+from prelabel_server.grpc_api.streaming import ByteBudget, RequestT, ResponseT, process_stream
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
         self._engine = engine
         self._stream_executor = stream_executor
         self._stream_slots = stream_slots
+        limit = engine.settings.max_stream_bytes
+        self._stream_budget = ByteBudget(limit) if limit else None
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
         response = self._segment(request, caller_gone(context))
@@ -102,7 +104,8 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
         with self._stream_slots.held():
             yield from process_stream(requests, handle, self._stream_executor,
                                       self._engine.settings.max_in_flight_per_stream,
-                                      item_id=lambda item: item.id, refuse_repeat=refuse_repeat)
+                                      item_id=lambda item: item.id, refuse_repeat=refuse_repeat,
+                                      budget=self._stream_budget, size_of=lambda item: item.ByteSize())
 
     def _stream_item(self, item: pb.PredictStreamRequest, gone: Callable[[], bool]) -> pb.PredictStreamResponse:
         """One streamed item; its failure becomes its own error response, never the stream's."""
