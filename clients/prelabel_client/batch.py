@@ -68,7 +68,7 @@ class BatchReport:
 def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, model: str = "",
                   measure: str = "entropy", uncertainty_threshold: float | None = None,
                   patience_s: float = 600.0, coco: bool = False,
-                  label_studio: str | None = None, resume: bool = False) -> BatchReport:
+                  label_studio: str | None = None, resume: bool = False, previews: bool = True) -> BatchReport:
     """Pre-annotates ``images`` into ``out_dir`` over one stream. A server at its limit of open
     streams or calls refuses the stream before any image is processed; the job then waits its turn
     (up to ``patience_s``) instead of failing.
@@ -84,7 +84,9 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
     ``coco`` also writes ``coco.json``: every written image's per-class masks as one COCO file
     (see ``CocoFile``), at the end of the job, and with the images done so far if it stops early.
     ``label_studio`` (an image URL template, see ``label_studio.write_label_studio``) writes the
-    same masks as Label Studio tasks, beside the labelling config they belong to.
+    same masks as Label Studio tasks, beside the labelling config they belong to. Without
+    ``previews`` no overlay or heat map is written (nor the uncertainty map asked for): in a job
+    of a million images they are 400 of every 470 kB on disk and most of the client's CPU.
 
     ``resume`` continues a job cut short in the same ``out_dir``: an image whose previous manifest
     entry says it was written, by the model version now served with the same measure and threshold,
@@ -114,7 +116,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
         kept = {}
         for image, name in todo:
             found = _kept_entry(previous.get((str(image), name)), out_dir, name, wanted, segments,
-                                label_studio is not None)
+                                label_studio is not None, previews)
             if found is not None:
                 kept[(str(image), name)], parts = found
                 if collected is not None:  # spooled now: a million kept images' parts would not fit in memory
@@ -125,7 +127,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
             _append(manifest, entry)
         report.kept = len(kept)
         todo = [(image, name) for image, name in todo if (str(image), name) not in kept]
-        outputs = ("mask", "uncertainty", "class_segments") if segments else ("mask", "uncertainty")
+        outputs = ("mask",) + (("uncertainty",) if previews else ()) + (("class_segments",) if segments else ())
         precision = "png_uint16" if measure in SMALL_RANGE_MEASURES else "png_uint8"
         results = stream_when_admitted(lambda: client.predict_many([image for image, _ in todo], raise_on_error=False,
                                                                     model=model, measure=measure, outputs=outputs,
@@ -135,7 +137,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
         class_names = {class_id: class_name for class_id, class_name, _ in served.classes}
         for (image, name), result in tqdm(zip(todo, results), total=len(todo), unit="img", desc="pre-annotating"):
             parts = _export_parts(result, class_names, label_studio is not None) if collected is not None else None
-            entry = _written(result, image, name, out_dir, served.palette, options, parts)
+            entry = _written(result, image, name, out_dir, served.palette, options, parts, previews)
             if "error" in entry:
                 report.failures[str(image)] = entry["error"]
             else:
@@ -204,12 +206,14 @@ def _previous_entries(out_dir: Path) -> dict[tuple[str, str], dict]:
 
 
 def _kept_entry(entry: dict | None, out_dir: Path, name: str, wanted: dict[str, str], segments: bool,
-                label_studio: bool) -> tuple[dict, dict | None] | None:
+                label_studio: bool, previews: bool) -> tuple[dict, dict | None] | None:
     """A previous entry that stands, with its files' paths as they are now (``out_dir`` may be
     named otherwise than last time), and with ``segments`` its export parts (``_export_parts``):
     stamped with the model, version and options ``wanted``, every file it lists there and not
-    empty, and the parts the job needs whole."""
+    empty, with ``previews`` its heat map among them, and the parts the job needs whole."""
     if entry is None or "error" in entry or any(entry.get(key) != value for key, value in wanted.items()):
+        return None
+    if previews and "uncertainty" not in entry:  # written without previews
         return None
     files = {key: out_dir / f"{name}{suffix}" for key, suffix in zip(OUTPUT_KEYS, OUTPUT_SUFFIXES) if key in entry}
     if not all(path.is_file() and path.stat().st_size > 0 for path in files.values()):
@@ -250,7 +254,8 @@ def _saved_export_parts(summary: Path, label_studio: bool) -> dict | None:
 
 
 def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_dir: Path,
-             palette: list[tuple[int, int, int]], options: dict, export_parts: dict | None) -> dict[str, str]:
+             palette: list[tuple[int, int, int]], options: dict, export_parts: dict | None,
+             previews: bool = True) -> dict[str, str]:
     """The manifest entry of one image: its files once written (and the model version and the
     job's ``options``, measure and threshold, that made them), or its error (the server's, or a
     file that could not be written)."""
@@ -258,7 +263,7 @@ def _written(result: Prediction | FailedPrediction, image: Path, name: str, out_
         prefix = "" if result.answered else NOT_PROCESSED
         return {"image": str(image), "error": prefix + result.error.describe()}
     try:
-        files = write_prediction(result, image, out_dir, palette, name=name,
+        files = write_prediction(result, image, out_dir, palette, name=name, with_overlay=previews,
                                  extra=export_parts)
         return {"image": str(image), **files, "model": result.model, "model_version": result.model_version,
                 **options}

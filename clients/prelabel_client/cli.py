@@ -113,7 +113,8 @@ def _predict(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         report = predict_files(client, images, args.out, model=args.model, measure=args.measure,
                                uncertainty_threshold=args.uncertainty_threshold, coco=args.coco,
-                               label_studio=args.image_url if args.label_studio else None, resume=args.resume)
+                               label_studio=args.image_url if args.label_studio else None, resume=args.resume,
+                               previews=not args.no_previews)
     print(report.describe())
     return 0 if report.failed == 0 else 1
 
@@ -345,6 +346,10 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
                          help="with --label-studio, where Label Studio loads each image: {path} becomes its path "
                               "relative to the images' common folder, {root} that folder's name (default "
                               "%(default)s: Label Studio's local files, its document root the folder's parent)")
+    predict.add_argument("--no-previews", action="store_true",
+                         help="write no overlay or heat map, only the mask and the summary (with --coco or "
+                              "--label-studio their files too): for large jobs, where they take most of the disk "
+                              "and of this client's CPU")
     predict.add_argument("--resume", action="store_true",
                          help="continue a job cut short in --out: keep the images its manifest lists as written")
     _add_client_options(predict)

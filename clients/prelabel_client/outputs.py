@@ -129,10 +129,11 @@ def _write_image(path: Path, image: np.ndarray) -> None:
 
 def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
                      palette: list[tuple[int, int, int]], *, name: str | None = None,
-                     extra: dict | None = None) -> dict[str, str]:
+                     extra: dict | None = None, with_overlay: bool = True) -> dict[str, str]:
     """Writes ``<name>_mask.png`` (the server's palette PNG, class ids as pixel values),
-    ``<name>_overlay.png``, ``<name>_uncertainty.png`` and ``<name>.json`` (``name`` defaults to
-    the image's stem; ``extra`` goes into the JSON too); returns their paths. A file that cannot
+    ``<name>_overlay.png`` (with ``with_overlay``), ``<name>_uncertainty.png`` (if the prediction
+    has the uncertainty map) and ``<name>.json`` (``name`` defaults to the image's stem; ``extra``
+    goes into the JSON too); returns their paths. A file that cannot
     be written raises OutputWriteError, after removing the files this call had already written;
     an interrupt removes them too."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
                 raise ValueError("write_prediction needs the mask requested as png_uint8 (the palette PNG)")
             write_whole(mask_path, prediction.response.mask.data)
             written["mask"] = str(mask_path)
-            image = read_image(Path(image_path))
+            image = read_image(Path(image_path)) if with_overlay else None
             if image is not None and image.shape[:2] == prediction.mask.shape:
                 blended = overlay(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), prediction.mask, palette)
                 overlay_path = out_dir / f"{stem}_overlay.png"
