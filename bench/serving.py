@@ -455,10 +455,12 @@ def cpu_section(package: ModelPackage, repository: Path, images: list[np.ndarray
                                           "SO_REUSEPORT; each process its own model")], reference, repeats)
     with ServerProcess(repository) as server:
         photo = large_photo(images[0])
-        specs = [Spec("4000x3000 photo (tiled), Predict", lambda: unary(server.address, [photo] * 3, 1), "latency per photo")]
+        specs = [Spec("4000x3000 photo (tiled), Predict", lambda: unary(server.address, [photo] * 3, 1),
+                      "latency per photo")]
         if package.card.head_dropout > 0:
             specs.append(Spec("then MC dropout x64, Predict concurrency 1",
-                              lambda: unary(server.address, payloads[:4], 1, measure="mutual_information", mc_samples=64),
+                              lambda: unary(server.address, payloads[:4], 1, measure="mutual_information",
+                                            mc_samples=64),
                               "same server, after the photos: peak RSS is theirs or its"))
         rows += interleaved(server, specs, reference, 1)
     rows += host_only(package, payloads * 4, images * 4, reference, repeats, 16)

@@ -163,7 +163,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
                     _append(manifest, {"image": str(image), "error": error})
                 unanswered = sum(failure.startswith(NOT_PROCESSED) for failure in report.failures.values())
                 if _resumable(exc):
-                    exports = " and write its COCO and Label Studio files" if interrupted and collected is not None else ""
+                    exports = " and write its COCO and Label Studio files" if interrupted and collected else ""
                     exc.add_note(f"stopped with {unanswered + len(todo) - done} of {len(images)} images not processed "
                                  f"({report.written + report.kept} written, {report.failed - unanswered} failed; "
                                  f"each listed in {out_dir / MANIFEST_FILE}): run the same command with --resume "

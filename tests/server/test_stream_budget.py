@@ -4,6 +4,7 @@ read more while the budget is taken, and nothing is refused or lost."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -63,6 +64,9 @@ def test_a_stream_whose_client_left_gives_its_bytes_back():
         release.set()
         reader.join(10)
         stream.close()  # the client left after its first answer
+    deadline = time.monotonic() + 10  # the stream's reader notices within 0.5 s
+    while budget.held and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert budget.held == 0
 
 

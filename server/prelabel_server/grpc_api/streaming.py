@@ -97,14 +97,19 @@ def process_stream(requests: Iterator[RequestT], handle: Callable[[RequestT], Re
                 if stop.is_set() or (budget is not None and not budget.reserve(size, stop)):
                     slots.release()
                     return
-                key = item_id(request) if item_id is not None else None
-                if key is not None and not claim(key):
-                    refused: Future = Future()
-                    refused.set_result(refuse_repeat(request))
-                    finish(None, size, refused)  # the first request of that id keeps it claimed
-                else:
-                    executor.submit(handle, request).add_done_callback(
-                        lambda done, key=key, size=size: finish(key, size, done))
+                try:
+                    key = item_id(request) if item_id is not None else None
+                    if key is not None and not claim(key):
+                        refused: Future = Future()
+                        refused.set_result(refuse_repeat(request))
+                        finish(None, size, refused)  # the first request of that id keeps it claimed
+                    else:
+                        executor.submit(handle, request).add_done_callback(
+                            lambda done, key=key, size=size: finish(key, size, done))
+                except BaseException:  # e.g. the executor shut down: the bytes were never taken
+                    if budget is not None:
+                        budget.release(size)
+                    raise
                 submitted += 1
         except Exception:  # the client cancelled or the stream broke: stop reading, finish the rest
             pass
