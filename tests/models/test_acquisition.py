@@ -60,6 +60,19 @@ def test_k_center_greedy_picks_identical_images_once_each():
         assert sorted(chosen + list(selected)) == [0, 1, 2, 3]
 
 
+def test_diverse_picks_no_copies_while_different_images_remain():
+    """Each of 10 frames 4 times in the pool, the copies of the most uncertain frames ranked
+    together: the shortlist of 3 x budget held only 32 different images of 150, and 18 of 50
+    picks were copies."""
+    frames = np.random.default_rng(0).normal(size=(10, 8))
+    pool = [PoolItem(f"f{frame}-copy{copy}", 1.0 - frame / 10 - copy / 1000, frames[frame])
+            for frame in range(10) for copy in range(4)]
+    chosen = select(pool, 5, "diverse")
+    assert len(chosen) == 5 and len({pool[i].name.split("-")[0] for i in chosen}) == 5
+    everything = select(pool, 12, "diverse")  # more than the 10 different frames: copies fill it
+    assert len(set(everything)) == 12 and len({pool[i].name.split("-")[0] for i in everything}) == 10
+
+
 def test_strategies_rank_and_diversify():
     pool = [PoolItem(f"img{i}", score, np.array([float(i // 2)])) for i, score in enumerate([0.9, 0.8, 0.7, 0.1, 0.6, 0.5])]
     assert select(pool, 2, "uncertainty") == [0, 1]
