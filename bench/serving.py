@@ -69,7 +69,7 @@ class Row:
     ratio_to_limit: float = 0.0
     server_cpu_cores: float = 0.0
     server_peak_rss_mb: float = 0.0
-    server_rss_after_mb: float = 0.0  # once the row's last round has ended
+    server_rss_after_mb: float = 0.0  # just after the row's last round
     client_cpu_cores: float = 0.0  # this process: the Python client (or, for raw rows, the runtime)
     note: str = ""
     stages_ms: dict[str, float] = field(default_factory=dict)  # served rows: medians of each stage
@@ -301,6 +301,7 @@ def interleaved(server: ServerProcess, specs: list[Spec], reference: Callable[[]
     cpu: dict[str, list[float]] = {spec.name: [] for spec in specs}
     client_cpu: dict[str, list[float]] = {spec.name: [] for spec in specs}
     stats_of = {spec.name: (spec.server or server).stats for spec in specs}
+    rss_after: dict[str, float] = {}  # the server's RSS just after each spec's last run
     for _ in range(repeats):
         limit = reference().images_per_s
         for spec in specs:
@@ -308,6 +309,7 @@ def interleaved(server: ServerProcess, specs: list[Spec], reference: Callable[[]
             stats.start()
             client = _ClientCpu()
             rounds[spec.name].append(spec.run())
+            rss_after[spec.name] = stats.rss_mb()
             print(f"  {spec.name}: {rounds[spec.name][-1].images_per_s:.2f} img/s", file=sys.stderr, flush=True)
             cpu[spec.name].append(stats.cpu_cores())
             client_cpu[spec.name].append(client.cores())
@@ -319,7 +321,7 @@ def interleaved(server: ServerProcess, specs: list[Spec], reference: Callable[[]
         row.ratio_to_limit = float(np.median(row.round_ratios))
         row.server_cpu_cores = float(np.median(cpu[spec.name]))
         row.server_peak_rss_mb = stats_of[spec.name].peak_rss_mb()
-        row.server_rss_after_mb = stats_of[spec.name].rss_mb()
+        row.server_rss_after_mb = rss_after[spec.name]
         row.client_cpu_cores = float(np.median(client_cpu[spec.name]))
         rows.append(row)
     return rows
