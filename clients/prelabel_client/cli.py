@@ -109,7 +109,7 @@ def _add_server_options(parser: argparse.ArgumentParser,
 def _predict(args: argparse.Namespace) -> int:
     from prelabel_client.batch import predict_files
 
-    images = _predict_inputs(args.images, args.images_from)
+    images = _predict_inputs(args.images, args.images_from, args.out)
     with _connect(args) as client:
         report = predict_files(client, images, args.out, model=args.model, measure=args.measure,
                                uncertainty_threshold=args.uncertainty_threshold, coco=args.coco,
@@ -119,38 +119,38 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if report.failed == 0 else 1
 
 
-def _predict_inputs(arguments: list[Path], images_from: str | None) -> list[Path]:
-    """The job's images: each argument an image file, or a folder whose image files at every depth
-    are taken in path order; then the paths listed in ``images_from`` (a file, or - for standard
-    input), one a line. A dataset is given as a folder or a list, since the command line holds
+def _predict_inputs(arguments: list[Path], images_from: str | None, out_dir: Path) -> list[Path]:
+    """The job's images: the arguments, then the paths listed in ``images_from`` (a file, or - for
+    standard input; one a line, relative to the current folder). Each is an image file, or a
+    folder whose image files at every depth are taken in path order (``find_images``), but none
+    inside ``out_dir``: with --out inside the folder, a second run took the first one's masks and
+    overlays as images. A dataset is given as a folder or a list, since the command line holds
     only 20-40 thousand paths, and a job split over several runs into one --out kept the record
     of the last run alone."""
     from prelabel_models.image_files import IMAGE_SUFFIXES, DatasetError, find_images
 
+    outputs = Path(os.path.abspath(out_dir))
     images: list[Path] = []
-    for argument in arguments:
-        if not argument.is_dir():
-            images.append(argument)  # a file that is missing or no image fails alone, in the manifest
+    for given in arguments + (_listed_images(images_from) if images_from is not None else []):
+        if not given.is_dir():
+            images.append(given)  # a file that is missing or no image fails alone, in the manifest
             continue
-        found = find_images(argument)
+        found = [image for image in find_images(given) if not Path(os.path.abspath(image)).is_relative_to(outputs)]
         if not found:
-            raise DatasetError(f"no images in {argument} or the folders below it (files ending in "
-                               f"{' '.join(sorted(IMAGE_SUFFIXES))})")
+            raise DatasetError(f"no images in {given} or the folders below it (files ending in "
+                               f"{' '.join(sorted(IMAGE_SUFFIXES))}, outside --out)")
         images += found
-    if images_from is not None:
-        images += _listed_images(images_from)
     if not images:
         raise DatasetError("no images given: name image files or folders, or list them with --images-from")
     return images
 
 
 def _listed_images(listing: str) -> list[Path]:
-    """The non-empty lines of ``listing`` as paths; bytes that are not UTF-8 are kept, as in argv."""
-    if listing == "-":
-        lines = sys.stdin.buffer.read().decode("utf-8", "surrogateescape").splitlines()
-    else:
-        lines = Path(listing).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
-    return [Path(line) for line in lines if line.strip()]
+    """The lines of ``listing`` as paths, without the line ends and blanks around them (a list
+    written on Windows, or with a byte order mark); bytes that are not UTF-8 are kept, as in argv."""
+    data = sys.stdin.buffer.read() if listing == "-" else Path(listing).read_bytes()
+    lines = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape").splitlines()
+    return [Path(line.strip()) for line in lines if line.strip()]
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -26,8 +26,12 @@ def list_images(folder: Path) -> list[Path]:
 
 def find_images(folder: Path) -> list[Path]:
     """The image files in ``folder`` and in every folder below it, in path order (``list_images``
-    at every depth): a dataset is often split into folders by day, camera or scene."""
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    at every depth): a dataset is often split into folders by day, camera or scene. Hidden files
+    and folders (a name starting with ".", such as macOS's "._photo.jpg" resource files) are not
+    images of the dataset; links to folders are not followed (a link loop would never end)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:

@@ -46,6 +46,17 @@ def _check_size(height: int, width: int, limits: ImageLimits) -> None:
             "pixels (setting PRELABEL_MAX_IMAGE_SIDE): send a smaller image or raise the limit")
 
 
+def decoded_bytes(data: bytes) -> int:
+    """What ``data`` takes once decoded to 8-bit RGB, from its header alone (0 if it has none that
+    Pillow reads): a 150 kB PNG may hold 40 megapixels, 120 MB decoded."""
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+    except Exception:  # anything malformed is the decoder's to report, with its reason
+        return 0
+    return width * height * 3
+
+
 def _probe(data: bytes) -> tuple[str, int, int]:
     """(format, width, height) from the header, and a full structural check (PNG CRCs, truncation).
     Pillow may raise almost anything on a malformed file (an IndexError for a PNG without image

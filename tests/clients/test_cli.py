@@ -85,17 +85,25 @@ def test_predict_takes_folders_at_every_depth_and_lists_of_paths(onnx_server: Ru
     for index, relative in enumerate(["b.png", "day2/cam1/a.png", "day2/c.jpg"]):
         (dataset / relative).symlink_to(camvid_val_images[index])
     (dataset / "notes.txt").write_text("not an image")
-    listed = tmp_path / "more.txt"
-    listed.write_text(f"{camvid_val_images[5]}\n\n{tmp_path / 'missing.png'}\n")
-    out = tmp_path / "out"
-    result = _prelabel("predict", str(dataset), "--images-from", str(listed), "--out", str(out),
-                       "--server", onnx_server.address)
+    (dataset / "._b.png").write_bytes(b"macOS resource fork")  # hidden: not one of the dataset's images
+    more = tmp_path / "more"
+    more.mkdir()
+    (more / "d.png").symlink_to(camvid_val_images[6])
+    listed = tmp_path / "more.txt"  # written on Windows, with a byte order mark; a folder listed too
+    listed.write_bytes(f"\ufeff{camvid_val_images[5]}\r\n\r\n{tmp_path / 'missing.png'}  \r\n{more}\r\n".encode())
+    out = dataset / "results"  # inside the folder: a second run must not take the first one's outputs
+    command = ("predict", str(dataset), "--images-from", str(listed), "--out", str(out), "--server", onnx_server.address)
+    result = _prelabel(*command)
     assert result.returncode == 1, result.stderr  # the listed missing file fails alone
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert [entry["image"] for entry in manifest] == [str(dataset / "b.png"), str(dataset / "day2/c.jpg"),
-                                                      str(dataset / "day2/cam1/a.png"), str(camvid_val_images[5]),
-                                                      str(tmp_path / "missing.png")]
-    assert ["error" in entry for entry in manifest] == [False, False, False, False, True]
+    inputs = [str(dataset / "b.png"), str(dataset / "day2/c.jpg"), str(dataset / "day2/cam1/a.png"),
+              str(camvid_val_images[5]), str(tmp_path / "missing.png"), str(more / "d.png")]
+    assert [entry["image"] for entry in manifest] == inputs
+    assert ["error" in entry for entry in manifest] == [False, False, False, False, True, False]
+    again = _prelabel(*command, "--resume")
+    assert "5 of them kept" in again.stdout, again.stdout
+    resumed = [json.loads(line)["image"] for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert resumed == [image for image in inputs if "missing" not in image] + [str(tmp_path / "missing.png")]
     from_stdin = subprocess.run([PRELABEL, "predict", "--images-from", "-", "--out", str(tmp_path / "out2"),
                                  "--server", onnx_server.address], input=f"{camvid_val_images[5]}\n",
                                 capture_output=True, text=True, timeout=300)

@@ -162,3 +162,11 @@ def test_the_health_port_answers_while_every_rpc_thread_is_busy(start_extra_serv
             assert all(call.result().ok for call in calls)
     finally:
         held.release.set()
+
+
+def test_a_health_port_in_use_is_a_startup_error(start_extra_server) -> None:
+    """gRPC's default (SO_REUSEPORT on) let a second server share the health port and answer half
+    the probes in the first one's place."""
+    first = start_extra_server(health_port=_free_port())
+    with pytest.raises(OSError, match="cannot serve health on .*PRELABEL_HEALTH_PORT"):
+        start_extra_server(health_port=first.probes.port)

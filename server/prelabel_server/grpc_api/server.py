@@ -92,7 +92,8 @@ class ProbeServer:
     @classmethod
     def start(cls, settings: ServerSettings) -> "ProbeServer":
         server = grpc.server(ThreadPoolExecutor(_PROBE_THREADS, thread_name_prefix="health"),
-                             maximum_concurrent_rpcs=4 * _PROBE_THREADS)
+                             maximum_concurrent_rpcs=4 * _PROBE_THREADS,
+                             options=[("grpc.so_reuseport", 0)])  # else a second server took half the probes
         servicer = _BoundedWatchHealth(StreamSlots(_PROBE_THREADS // 2))  # Watch never takes every thread
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
         address = _host_port(settings.host, settings.health_port)

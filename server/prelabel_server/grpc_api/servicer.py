@@ -18,6 +18,7 @@ from prelabel_server import metrics
 from prelabel_server.engine import Engine
 from prelabel_server.grpc_api import converters
 from prelabel_server.grpc_api.streaming import ByteBudget, RequestT, ResponseT, process_stream
+from prelabel_server.imaging import decoded_bytes
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,16 @@ def _repeated_id(item_id: str) -> pb.ItemError:
     return pb.ItemError(code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
                         message=f"id {item_id!r} is already in flight in this stream: give each request its own id "
                                 "(answers may come back out of order)")
+
+
+def _held_bytes(request: pb.PredictRequest) -> int:
+    """What a streamed request holds in the server once read and decoded: its message, and its
+    pixels as 8-bit RGB. Counted by message size alone, one stream of 8 PNGs of 150 kB each took
+    a server from 0.8 to 2.4 GB."""
+    image = request.image
+    if image.WhichOneof("source") == "encoded":
+        return len(image.encoded) + decoded_bytes(image.encoded)
+    return request.ByteSize()
 
 
 def caller_gone(context: grpc.ServicerContext) -> Callable[[], bool]:
@@ -105,7 +116,7 @@ class PrelabelServicer(pb_grpc.PrelabelServiceServicer):
             yield from process_stream(requests, handle, self._stream_executor,
                                       self._engine.settings.max_in_flight_per_stream,
                                       item_id=lambda item: item.id, refuse_repeat=refuse_repeat,
-                                      budget=self._stream_budget, size_of=lambda item: item.ByteSize())
+                                      budget=self._stream_budget, size_of=lambda item: _held_bytes(item.request))
 
     def _stream_item(self, item: pb.PredictStreamRequest, gone: Callable[[], bool]) -> pb.PredictStreamResponse:
         """One streamed item; its failure becomes its own error response, never the stream's."""
