@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from prelabel_client.outputs import (
     SMALL_RANGE_MEASURES,
     OutputWriteError,
     output_names,
+    remove_partial_files,
     write_prediction,
 )
 from prelabel_client.results import FailedPrediction, Prediction
@@ -138,14 +140,14 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
         for (image, name), result in tqdm(zip(todo, results), total=len(todo), unit="img", desc="pre-annotating"):
             parts = _export_parts(result, class_names, label_studio is not None) if collected is not None else None
             entry = _written(result, image, name, out_dir, served.palette, options, parts, previews)
+            _append(manifest, entry)
+            done += 1  # from here on the manifest lists it: an interrupt must not list it again
             if "error" in entry:
                 report.failures[str(image)] = entry["error"]
             else:
                 report.written += 1
                 if parts is not None:
                     collected.add(image, parts["coco"], parts.get("label_studio"))
-            _append(manifest, entry)
-            done += 1
         for image, _ in todo[done:]:  # a stream that ended without an answer for every image
             report.failures[str(image)] = "no result: the stream ended before this image was processed"
             _append(manifest, {"image": str(image), "error": report.failures[str(image)]})
@@ -279,14 +281,16 @@ class OutputFolderError(OSError):
 def _check_output_folder(out_dir: Path, images: list[Path]) -> None:
     """Creates ``out_dir`` and checks that its ``manifest.jsonl`` can be written (without emptying
     it: a resumed job still needs it), before anything is asked of the server; a path that is a
-    file, a folder that cannot be written, or a manifest that is one of the inputs raises
-    OutputFolderError."""
+    file, a folder where no file can be made, or a manifest that is one of the inputs raises
+    OutputFolderError. Files a killed job left half written are removed."""
     manifest = out_dir / MANIFEST_FILE
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         if manifest.exists() and any(image.exists() and manifest.samefile(image) for image in images):
             raise OutputFolderError(f"cannot write results to {out_dir}: {manifest} is one of the inputs")
         manifest.open("a", encoding="utf-8").close()
+        tempfile.TemporaryFile(dir=out_dir).close()  # outputs are written under new names, then renamed
+        remove_partial_files(out_dir)
     except OutputFolderError:
         raise
     except OSError as exc:

@@ -172,6 +172,17 @@ def write_prediction(prediction: Prediction, image_path: Path, out_dir: Path,
     return written
 
 
+_PARTIAL_SUFFIX = ".partial"
+
+
+def remove_partial_files(out_dir: Path) -> None:
+    """Removes what ``write_whole`` left half written in ``out_dir`` when its process was killed
+    (for a large job's COCO file, gigabytes). A job's only: two jobs never share an output folder."""
+    for partial in out_dir.glob(f".*{_PARTIAL_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            partial.unlink()
+
+
 def write_whole(path: Path, data: bytes | Iterable[bytes]) -> None:
     """Writes ``path`` whole or not at all: the data goes to a hidden file beside it, which then
     takes its name. Other tools never see a truncated file under an output name, even after a
@@ -179,7 +190,7 @@ def write_whole(path: Path, data: bytes | Iterable[bytes]) -> None:
     Label Studio export left a third of the file, which no longer parsed). ``data`` may come in
     pieces, so that a file larger than memory (a million images' COCO file) is never held whole."""
     digest = hashlib.sha1(path.name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    partial = path.with_name(f".{digest}.{os.getpid()}.{threading.get_ident()}.partial")
+    partial = path.with_name(f".{digest}.{os.getpid()}.{threading.get_ident()}{_PARTIAL_SUFFIX}")
     try:
         with partial.open("wb") as file:
             file.writelines([data] if isinstance(data, bytes) else data)

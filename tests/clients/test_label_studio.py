@@ -5,6 +5,7 @@ that must stop a job before its first image rather than after its last."""
 
 from __future__ import annotations
 
+import base64
 import json
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -88,8 +89,14 @@ def test_a_resumed_job_writes_the_kept_images_tasks_too(onnx_client: PreLabelCli
                                                          for image in camvid_val_images[:3]]
     assert all(task["predictions"][0]["result"] for task in tasks)
     # The kept images' regions were read from their JSONs, not made again: they are the same.
-    saved = json.loads((out / f"{camvid_val_images[0].stem}.json").read_text())["label_studio"]
-    assert [{k: v for k, v in region.items() if k != "id"} for region in tasks[0]["predictions"][0]["result"]] == saved
+    summary = (out / f"{camvid_val_images[0].stem}.json").read_text()
+    saved = json.loads(summary)["label_studio"]
+    written = tasks[0]["predictions"][0]["result"]
+    assert [region["value"]["rle"] for region in written] == \
+        [list(base64.b64decode(region["value"]["rle_base64"])) for region in saved]
+    assert [{k: v for k, v in region.items() if k not in ("id", "value")} for region in written] == \
+        [{k: v for k, v in region.items() if k != "value"} for region in saved]
+    assert len(summary) < 150_000  # as lists of numbers, one a line, the regions made it 330 kB
 
 
 def test_a_resumed_job_sends_again_the_images_written_without_label_studio_regions(
