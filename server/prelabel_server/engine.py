@@ -6,10 +6,8 @@ converter around it.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TypeVar
 
 import cv2
@@ -27,7 +25,7 @@ from prelabel_server import encoding, metrics
 from prelabel_server.batching import CallerGone, ModelRetired
 from prelabel_server.imaging import ImageLimits, decode_image, raw_image
 from prelabel_server.inference import MapOptions, compute_maps
-from prelabel_server.memory import LARGE_BYTES, IdleTrimmer
+from prelabel_server.memory import LARGE_BYTES, RequestActivity
 from prelabel_server.registry import ModelRegistry, ServedModel
 from prelabel_server.settings import ServerSettings
 from prelabel_server.types import (
@@ -59,9 +57,7 @@ class Engine:
         self.settings = settings
         self.registry = ModelRegistry(settings)
         self._watcher: RepositoryWatcher | None = None
-        self._running = 0  # requests in progress, for a shutdown that waits for them
-        self._idle = threading.Condition()
-        self.trimmer = IdleTrimmer()
+        self.activity = RequestActivity()
 
     def load_models(self) -> None:
         self.registry.load_all()
@@ -74,21 +70,7 @@ class Engine:
         shutdown gRPC cancels the calls, but their handler threads run on to the next point where
         they check (a tiled image's next band): returning before that let them meet the
         interpreter's exit, which refuses new pool work, and each logged an internal error."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._running == 0, timeout)
-
-    @contextmanager
-    def _in_progress(self) -> Iterator[None]:
-        with self._idle:
-            self._running += 1
-        self.trimmer.started()
-        try:
-            yield
-        finally:
-            self.trimmer.ended()
-            with self._idle:
-                self._running -= 1
-                self._idle.notify_all()
+        return self.activity.wait_idle(timeout)
 
     def close(self) -> None:
         if self._watcher is not None:
@@ -117,7 +99,7 @@ class Engine:
         label = self.registry.metric_label(request.model)
         try:
             validate()
-            with self._in_progress():
+            with self.activity.request():
                 result = self._on_current_model(run, request)
         except PrelabelError as exc:
             self.count_refused(request.model, exc)
@@ -221,7 +203,7 @@ class Engine:
             image = raw_image(request.image, limits)
             message_bytes = image.nbytes
         if max(message_bytes, image.nbytes) > LARGE_BYTES:
-            self.trimmer.large()
+            self.activity.large()
         return image
 
     @staticmethod

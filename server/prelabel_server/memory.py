@@ -13,7 +13,8 @@ import ctypes
 import ctypes.util
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +31,30 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-class IdleTrimmer:
-    """Told when requests start and end, and when one was large; trims once none has run for
-    ``idle_seconds`` after a large one."""
+class RequestActivity:
+    """Counts the requests in progress, the one count that both a shutdown (which waits for none
+    to run) and the trimming (after a large one, once none has run for ``idle_seconds``) read."""
 
     def __init__(self, idle_seconds: float = IDLE_SECONDS) -> None:
         self._trim = _malloc_trim()
         self._idle_seconds = idle_seconds
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._running = 0
         self._generation = 0  # counts requests started, so a timer knows whether one came meanwhile
         self._pending = False
         self.trims = 0
 
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """Marks one request as in progress for the duration of the block."""
+        self.started()
+        try:
+            yield
+        finally:
+            self.ended()
+
     def started(self) -> None:
-        with self._lock:
+        with self._changed:
             self._running += 1
             self._generation += 1
 
@@ -57,8 +67,9 @@ class IdleTrimmer:
         return self._pending
 
     def ended(self) -> None:
-        with self._lock:
+        with self._changed:
             self._running -= 1
+            self._changed.notify_all()
             if self._running or not self._pending or self._trim is None:
                 return
             generation = self._generation
@@ -66,8 +77,13 @@ class IdleTrimmer:
         timer.daemon = True
         timer.start()
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Waits until no request is in progress; False if some still are after ``timeout``."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._running == 0, timeout)
+
     def _trim_if_still_idle(self, generation: int) -> None:
-        with self._lock:
+        with self._changed:
             if self._running or generation != self._generation or not self._pending:
                 return
             self._pending = False
