@@ -165,7 +165,7 @@ def predict_files(client: PreLabelClient, images: list[Path], out_dir: Path, *, 
                     _append(manifest, {"image": str(image), "error": error})
                 unanswered = sum(failure.startswith(NOT_PROCESSED) for failure in report.failures.values())
                 if _resumable(exc):
-                    exports = " and write its COCO and Label Studio files" if interrupted and collected else ""
+                    exports = f" and write its {_export_names(coco, label_studio)}" if interrupted and collected else ""
                     exc.add_note(f"stopped with {unanswered + len(todo) - done} of {len(images)} images not processed "
                                  f"({report.written + report.kept} written, {report.failed - unanswered} failed; "
                                  f"each listed in {out_dir / MANIFEST_FILE}): run the same command with --resume "
@@ -326,9 +326,16 @@ def _raising(exc: BaseException) -> Iterator:
     yield  # a generator: raises when its turn comes
 
 
+def _export_names(coco: bool, label_studio: str | None) -> str:
+    """The job's exports, as its interrupt note names them."""
+    return " and ".join(name for name, wanted in (("COCO", coco), ("Label Studio", label_studio)) if wanted) + " files"
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, PrelabelError):
         return exc.describe()
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (the CLI raises a subclass)
+        return "the job was stopped (Ctrl-C or SIGTERM) before this image's result came"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

@@ -126,14 +126,19 @@ def _predict_inputs(arguments: list[Path], images_from: str | None, out_dir: Pat
     inside ``out_dir``: with --out inside the folder, a second run took the first one's masks and
     overlays as images. A dataset is given as a folder or a list, since the command line holds
     only 20-40 thousand paths, and a job split over several runs into one --out kept the record
-    of the last run alone."""
+    of the last run alone. An argument that is neither an existing folder nor named like an image
+    is refused before the job starts; a missing image file fails alone, as ``cp`` goes on past one."""
     from prelabel_models.image_files import IMAGE_SUFFIXES, DatasetError, find_images
 
     outputs = Path(os.path.abspath(out_dir))
     images: list[Path] = []
+    missing = [str(given) for given in arguments if given.suffix.lower() not in IMAGE_SUFFIXES and not given.exists()]
+    if missing:
+        raise DatasetError(f"no such folder: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''} "
+                           f"(give folders that exist, or image files ending in {' '.join(sorted(IMAGE_SUFFIXES))})")
     for given in arguments + (_listed_images(images_from) if images_from is not None else []):
         if not given.is_dir():
-            images.append(given)  # a file that is missing or no image fails alone, in the manifest
+            images.append(given)  # a listed file that is missing, or no image, fails alone in the manifest
             continue
         found = [image for image in find_images(given) if not Path(os.path.abspath(image)).is_relative_to(outputs)]
         if not found:
@@ -201,6 +206,8 @@ def _pool_images(pool: Path) -> list[Path]:
     """The image files directly inside ``pool``; what else is there is named, not skipped silently."""
     from prelabel_models.image_files import IMAGE_SUFFIXES, DatasetError, list_images
 
+    if not pool.is_dir():
+        raise DatasetError(f"the pool {pool} is not a folder: give the folder that holds the unlabelled images")
     images = list_images(pool)
     suffixes = " ".join(sorted(IMAGE_SUFFIXES))
     if not images:
@@ -398,7 +405,7 @@ def _add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prelabel", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="prelabel", description=__doc__.splitlines()[0].replace("``", ""))
     commands = parser.add_subparsers(dest="command", required=True)
     _add_commands(commands)
     _add_train(commands)

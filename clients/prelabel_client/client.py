@@ -65,6 +65,14 @@ def _error_from(exc: grpc.RpcError, timeout: float | None = None) -> PrelabelErr
     elif code == grpc.StatusCode.UNAVAILABLE and details.endswith("Socket closed"):  # all a plaintext call to TLS hears
         details = (f"{details} (if the server speaks TLS, connect with TLS: PreLabelClient(tls=True) or "
                    "root_certificates=..., --tls or --root-certificates on the command line)")
+    elif code == grpc.StatusCode.UNAVAILABLE and "CERTIFICATE_VERIFY_FAILED" in details:
+        details = (f"{details} (the server's certificate is not signed by an authority this client trusts: pass "
+                   "the certificate that signed it, PreLabelClient(root_certificates=...) or --root-certificates)")
+    elif code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details.lower():
+        details = (f"{details} (no server answered there: is `prelabel serve` running at that address and port? "
+                   "The command line takes it from --server or PRELABEL_SERVER)")
+    elif code == grpc.StatusCode.UNAUTHENTICATED:
+        details = f"{details} (PreLabelClient(token=...); on the command line --token or PRELABEL_TOKEN)"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded" and timeout:
         details = (f"no answer within the call's timeout of {timeout:g} s: raise it (PreLabelClient(timeout=...) "
                    "or the call's timeout=...); large images are tiled and take longer")

@@ -20,8 +20,10 @@ class DatasetError(ValueError):
 
 def list_images(folder: Path) -> list[Path]:
     """The image files directly inside ``folder``: regular files (or links to them) with an image
-    suffix; a folder or a pipe named like an image is not one (a FIFO blocked its reader)."""
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    suffix; a folder or a pipe named like an image is not one (a FIFO blocked its reader), nor is
+    a hidden file (``find_images``)."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
 
 
 def find_images(folder: Path) -> list[Path]:

@@ -138,6 +138,18 @@ def test_health_of_no_server_fails(tmp_path: Path) -> None:
         address = f"127.0.0.1:{probe.getsockname()[1]}"
     result = _prelabel("health", "--server", address, "--timeout", "3")
     assert result.returncode == 1 and "UNAVAILABLE" in result.stderr and "Traceback" not in result.stderr
+    assert "is `prelabel serve` running at that address" in result.stderr, result.stderr
+
+
+def test_predict_refuses_a_folder_that_does_not_exist_before_the_job_starts(tmp_path: Path) -> None:
+    """It made --out and its manifest, printed "0 images pre-annotated" and exited 1."""
+    out = tmp_path / "out"
+    result = _prelabel("predict", str(tmp_path / "no-such-folder"), "--out", str(out), "--server", "127.0.0.1:1")
+    assert result.returncode == 2, result.stderr
+    assert "no such folder" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+    result = _prelabel("select", str(tmp_path / "no-such-pool"), "--budget", "1", "--out", str(tmp_path / "s.json"))
+    assert result.returncode == 2 and "is not a folder" in result.stderr, result.stderr
 
 
 def test_health_of_a_service_the_server_never_had_says_what_names_exist(onnx_server: RunningServer) -> None:

@@ -52,7 +52,8 @@ class TestTokenAuth:
             list(anonymous.predict_many([small_camvid_png]))
 
     def test_a_wrong_token_is_unauthenticated(self, secured: RunningServer, small_camvid_png: bytes) -> None:
-        with PreLabelClient(secured.address, token="not-" + TOKEN) as client, pytest.raises(Unauthenticated):
+        with PreLabelClient(secured.address, token="not-" + TOKEN) as client, \
+                pytest.raises(Unauthenticated, match="--token or PRELABEL_TOKEN"):  # what a CLI user sets
             client.predict(small_camvid_png)
 
     def test_the_token_opens_every_call(self, secured: RunningServer, small_camvid_png: bytes) -> None:

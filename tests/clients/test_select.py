@@ -125,4 +125,5 @@ def test_only_image_files_are_pool_images(tmp_path: Path, camvid_val_images: lis
     (tmp_path / "a.png").symlink_to(camvid_val_images[0])
     os.mkfifo(tmp_path / "pipe.png")
     (tmp_path / "folder.png").mkdir()
+    (tmp_path / "._a.png").write_bytes(b"macOS resource fork")  # made `select` exit 1 as an unreadable image
     assert list_images(tmp_path) == [tmp_path / "a.png"]

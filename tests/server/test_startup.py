@@ -47,6 +47,9 @@ def test_the_cli_reaches_a_tls_server_with_its_root_certificate(model_repository
         assert main(["models", "--server", running.address, "--timeout", "10"]) == 1  # plaintext is not answered
         error = capsys.readouterr().err
         assert "UNAVAILABLE" in error and "if the server speaks TLS" in error, error
+        assert main(["models", "--server", running.address, "--tls", "--timeout", "10"]) == 1  # the system's roots
+        error = capsys.readouterr().err
+        assert "not signed by an authority this client trusts" in error and "--root-certificates" in error, error
     finally:
         running.stop(grace=0)
 
