@@ -30,6 +30,9 @@ _REASONS = {
                "from the images chosen before it",
     "random": "drawn at random (seed {seed}): the baseline",
 }
+# k-center greedy starts from the shortlisted image farthest from the shortlist's mean embedding
+_FIRST_DIVERSE_REASON = ("{score} = {value:.4f}, among the {shortlist} most uncertain, and the farthest in "
+                         "embedding space from their centre: the first pick")
 
 
 @dataclass
@@ -108,9 +111,10 @@ def _choose(selection: Selection, scored: list[tuple[Path, ImageScores]], seed: 
     chosen = select(pool, selection.budget, selection.strategy, seed)
     for rank, index in enumerate(np.argsort([-r.score for r in ranked], kind="stable"), start=1):
         ranked[index].rank = rank
-    for index in chosen:
+    for position, index in enumerate(chosen):
         item = ranked[index]
-        item.reason = _REASONS[selection.strategy].format(rank=item.rank, score=selection.score, value=item.score,
+        first_diverse = selection.strategy == "diverse" and position == 0
+        item.reason = (_FIRST_DIVERSE_REASON if first_diverse else _REASONS[selection.strategy]).format(rank=item.rank, score=selection.score, value=item.score,
                                                           shortlist=min(len(ranked), 3 * selection.budget), seed=seed)
     selection.selected = [ranked[i] for i in chosen]
     selection.ranked = sorted(ranked, key=lambda r: r.rank)

@@ -44,6 +44,9 @@ def test_select_ranks_the_pool_and_writes_list_and_report(onnx_server: RunningSe
     assert len(chosen) == 4 and len({c["image"] for c in chosen}) == 4 and all(c["reason"] for c in chosen)
     if strategy == "uncertainty":
         assert [c["image"] for c in chosen] == [r["image"] for r in ranked[:4]]
+    if strategy == "diverse":  # the first pick has no images chosen before it to be far from
+        assert "the first pick" in chosen[0]["reason"] and "chosen before it" not in chosen[0]["reason"]
+        assert all("from the images chosen before it" in c["reason"] for c in chosen[1:])
     report = out.with_suffix(".html").read_text()
     assert report.count('alt="image" src="data:image/png;base64,') == 4
     assert report.count('alt="uncertainty" src="data:image/png;base64,') == 4
