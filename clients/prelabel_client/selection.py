@@ -114,8 +114,9 @@ def _choose(selection: Selection, scored: list[tuple[Path, ImageScores]], seed: 
     for position, index in enumerate(chosen):
         item = ranked[index]
         first_diverse = selection.strategy == "diverse" and position == 0
-        item.reason = (_FIRST_DIVERSE_REASON if first_diverse else _REASONS[selection.strategy]).format(rank=item.rank, score=selection.score, value=item.score,
-                                                          shortlist=min(len(ranked), 3 * selection.budget), seed=seed)
+        reason = _FIRST_DIVERSE_REASON if first_diverse else _REASONS[selection.strategy]
+        item.reason = reason.format(rank=item.rank, score=selection.score, value=item.score,
+                                    shortlist=min(len(ranked), 3 * selection.budget), seed=seed)
     selection.selected = [ranked[i] for i in chosen]
     selection.ranked = sorted(ranked, key=lambda r: r.rank)
 
