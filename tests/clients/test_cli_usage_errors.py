@@ -23,7 +23,7 @@ def _prelabel(*args: str, **env: str) -> subprocess.CompletedProcess:
     (("serve",), {"PRELABEL_BACKEND": "tensorflow"}, "PRELABEL_BACKEND: Input should be 'auto', 'torch' or 'onnx'"),
     (("serve",), {"PRELABEL_PORT": "abc"}, "PRELABEL_PORT: Input should be a valid integer"),
     (("serve",), {"PRELABEL_MODEL_REPOSITORY": "/no/such/folder"}, "is not a folder"),
-    (("select", "/no/such/pool", "--budget", "2", "--out", "selection.json"), {}, "No such file or directory"),
+    (("select", "/no/such/pool", "--budget", "2", "--out", "selection.json"), {}, "the pool /no/such/pool is not a folder"),
     (("select", "samples", "--budget", "-1", "--out", "selection.json"), {}, "--budget: must be 0 or more"),
     (("demo", "--images", "/no/such/folder", "--out", "demo-output"), {}, "no PNG images in /no/such/folder"),
     (("predict", "--out", "out"), {}, "no images given: name image files or folders, or list them with --images-from"),
