@@ -116,6 +116,14 @@ def test_a_resume_with_nothing_to_resume_from_is_a_one_line_error(first_run: Tin
     assert not run.out.exists()
 
 
+def test_a_resume_of_a_run_folder_that_does_not_exist_leaves_none_behind(first_run: TinyRun, tmp_path: Path,
+                                                                         capsys) -> None:
+    run = TinyRun(first_run.config, first_run.data, tmp_path / "package", tmp_path / "typo" / "run")
+    assert main(run.args("--resume")) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()  # an empty run folder was left behind
+
+
 def test_an_out_that_is_a_file_is_refused_before_training(first_run: TinyRun, tmp_path: Path, capsys) -> None:
     run = TinyRun(first_run.config, first_run.data, tmp_path / "afile", tmp_path / "run")
     run.out.write_text("not a folder")

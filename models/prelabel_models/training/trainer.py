@@ -186,7 +186,6 @@ def train(run: TrainingRun) -> dict:
     optimizer = torch.optim.AdamW(network.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = lr_schedule(optimizer, recipe, steps_per_epoch)
 
-    run.run_dir.mkdir(parents=True, exist_ok=True)
     state = {"epoch": 0, "best": None, "seconds": 0.0}
     checkpoint_path = run.run_dir / CHECKPOINT
     if not run.resume and checkpoint_path.is_file():
@@ -195,6 +194,7 @@ def train(run: TrainingRun) -> dict:
     if run.resume and not checkpoint_path.is_file():  # a mistyped --run-dir must not restart a run of hours
         raise FileNotFoundError(f"nothing to resume: {checkpoint_path} does not exist; check --run-dir, or drop "
                                 "--resume to start afresh")
+    run.run_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused --resume left an empty folder
     if run.resume:
         state = _load_checkpoint(checkpoint_path, network, optimizer, scheduler, device)
         if state["epoch"] >= recipe.epochs:
