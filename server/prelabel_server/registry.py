@@ -238,8 +238,10 @@ class ModelRegistry:
             if fresh.state != "ready":
                 raise FailedPrecondition(f"model {name!r} failed to load from {fresh.folder}: {fresh.error}")
             previous = old.card.version if old is not None and old.card is not None and old.state == "ready" else ""
-            log.info("model %s %s: version %r -> %r", name, "reloaded" if previous else "loaded", previous,
-                     fresh.card.version)
+            if previous:
+                log.info("model %s reloaded: version %r -> %r", name, previous, fresh.card.version)
+            else:
+                log.info("model %s loaded: version %r", name, fresh.card.version)
             if previous == fresh.card.version and old.fingerprint != fresh.fingerprint:
                 log.warning("model %s serves changed files under the same version %r: responses, manifests and "
                             "`predict --resume` cannot tell the two apart; give the card a new version", name, previous)
