@@ -18,22 +18,30 @@ class DatasetError(ValueError):
     values that are not classes): the user's to fix, so commands say it in one line."""
 
 
+def _is_image_file(path: Path) -> bool:
+    """A regular file (or a link to one) with an image suffix: a folder or a pipe named like an
+    image is not one (a FIFO blocked its reader)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def _hidden(name: str) -> bool:
+    """A name starting with ".", such as macOS's "._photo.jpg" resource files: not an image of
+    the dataset, though named like one."""
+    return name.startswith(".")
+
+
 def list_images(folder: Path) -> list[Path]:
-    """The image files directly inside ``folder``: regular files (or links to them) with an image
-    suffix; a folder or a pipe named like an image is not one (a FIFO blocked its reader), nor is
-    a hidden file (``find_images``)."""
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    """The image files directly inside ``folder``, hidden files left out."""
+    return sorted(p for p in Path(folder).iterdir() if not _hidden(p.name) and _is_image_file(p))
 
 
 def find_images(folder: Path) -> list[Path]:
     """The image files in ``folder`` and in every folder below it, in path order (``list_images``
     at every depth): a dataset is often split into folders by day, camera or scene. Hidden files
-    and folders (a name starting with ".", such as macOS's "._photo.jpg" resource files) are not
-    images of the dataset; links to folders are not followed (a link loop would never end)."""
+    and folders are left out; links to folders are not followed (a link loop would never end)."""
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(p for p in folder.rglob("*")
+                  if not any(map(_hidden, p.relative_to(folder).parts)) and _is_image_file(p))
 
 
 def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
